@@ -1,0 +1,158 @@
+"""Model building: a torchvision backbone, a fresh head, ImageNet normalization inside.
+
+Every model here takes float ``[N, 3, H, W]`` in [0, 1] and returns logits ``[N, C]``.
+The pieces are kept apart so the rest of the product can reach them:
+
+- ``model.normalize``: ImageNet mean/std, so callers never normalize by hand;
+- ``model.trunk``: the convolutional backbone, ``[N, 3, H, W] -> [N, D, h, w]``;
+- ``model.embed(x)``: pooled penultimate features ``[N, D]`` (head-mode cache, OOD);
+- ``model.head``: dropout + linear, ``[N, D] -> [N, C]``;
+- ``model.stages()``: the backbone split into early / middle / late blocks (explain).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .presets import IMAGENET_MEAN, IMAGENET_STD
+
+ARCHS = (
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+)
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used for the requested architecture."""
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` with ImageNet statistics, as buffers so they export to ONNX."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class PetClassifier(nn.Module):
+    """Normalize -> trunk -> global average pool -> head."""
+
+    def __init__(self, arch: str, trunk: nn.Module, feature_dim: int, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.arch = arch
+        self.feature_dim = feature_dim
+        self.normalize = Normalize()
+        self.trunk = trunk
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Last conv block's activations ``[N, D, h, w]``."""
+        return self.trunk(self.normalize(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features ``[N, D]``."""
+        return torch.flatten(self.pool(self.feature_map(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+    def stages(self) -> dict[str, nn.Module]:
+        """The trunk's early / middle / late blocks, for feature maps and Grad-CAM."""
+        blocks = list(self.trunk.children())
+        if self.arch.startswith("resnet"):
+            named = dict(self.trunk.named_children())
+            return {"early": named["layer1"], "middle": named["layer3"], "late": named["layer4"]}
+        n = len(blocks)
+        return {"early": blocks[max(1, n // 6)], "middle": blocks[n // 2], "late": blocks[-1]}
+
+
+def _torchvision_model(arch: str, weights: str | Path | None):
+    import torchvision
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if weights == "imagenet":
+        try:
+            return torchvision.models.get_model(arch, weights="DEFAULT")
+        except Exception as exc:  # offline, proxy, corrupt cache...
+            raise WeightsError(
+                f"could not get torchvision's ImageNet weights for {arch} ({exc.__class__.__name__}: {exc}). "
+                "Without internet access, pass --weights PATH to a state dict in torchvision layout."
+            ) from exc
+    model = torchvision.models.get_model(arch, weights=None)
+    if weights in (None, "none"):
+        return model
+    _load_backbone_state(model, arch, Path(weights))
+    return model
+
+
+def _load_backbone_state(model: nn.Module, arch: str, path: Path) -> None:
+    """Load a torchvision-layout state dict into ``model``, ignoring classifier keys."""
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path} is not a PyTorch state dict ({exc.__class__.__name__}).") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors.")
+    head_prefixes = ("classifier.", "fc.")
+    state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(head_prefixes)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong_shape:
+            k = wrong_shape[0]
+            detail.append(f"{len(wrong_shape)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise WeightsError(
+            f"{path} does not fit {arch}: keys {'; '.join(detail)}. "
+            f"Pass weights saved from torchvision.models.{arch}, or --arch matching the file."
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def build_model(arch: str, num_classes: int, weights: str | Path | None = "none", dropout: float = 0.2) -> PetClassifier:
+    """A :class:`PetClassifier` for ``num_classes`` on a torchvision ``arch`` backbone.
+
+    ``weights``: ``"imagenet"`` (torchvision's weights API, needs internet once),
+    ``"none"`` (random init) or a path to a state dict in torchvision layout
+    (``classifier.*`` / ``fc.*`` keys are ignored).
+    """
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    tv = _torchvision_model(arch, weights)
+    if arch.startswith("resnet"):
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        trunk = nn.Sequential(OrderedDict((n, getattr(tv, n)) for n in names))
+        feature_dim = tv.fc.in_features
+    else:
+        trunk = tv.features
+        feature_dim = trunk[-1].out_channels if hasattr(trunk[-1], "out_channels") else _probe_dim(trunk)
+    return PetClassifier(arch, trunk, feature_dim, num_classes, dropout)
+
+
+def _probe_dim(trunk: nn.Module) -> int:
+    with torch.no_grad():
+        return trunk(torch.zeros(1, 3, 64, 64)).shape[1]
