@@ -1,0 +1,120 @@
+"""Run the Discord bot: ``python -m bot`` (or ``petlens-bot``).
+
+The token comes from ``DISCORD_TOKEN`` only; everything else has a flag and a ``PETLENS_*``
+environment default (see ``--help``). A missing, malformed or rejected token stops the bot
+with one readable line and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+
+from . import config
+
+EPILOG = """\
+environment:
+  DISCORD_TOKEN            the bot token (Developer Portal > your app > Bot > Reset Token); required,
+                           never logged. Keep it in a file only you can read, e.g. a systemd
+                           EnvironmentFile.
+  DISCORD_GUILD_ID         same as --guild-id
+  PETLENS_*                defaults for the flags above, named after them (PETLENS_MAX_HEAVY, ...)
+
+example:
+  DISCORD_TOKEN=... python -m bot --guild-id 123456789012345678
+"""
+
+# Bot tokens are three base64url parts joined by dots (~70 characters). The check is loose on
+# purpose (Discord may change lengths); it catches copy-paste slips: quotes, a "Bot " prefix,
+# a client secret or an application id pasted instead.
+TOKEN_SHAPE = re.compile(r"^[^.\s'\"]{10,}\.[^.\s'\"]+\.[^.\s'\"]{10,}$")
+
+EXIT_CONFIG = 2  # the operator must fix the configuration
+EXIT_DISCORD = 1  # Discord refused or could not be reached
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot", add_help=add_help, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The petlens Discord bot: /classify, /fool-me, /ideal, /explain and /about.",
+    )
+    config.add_model_arguments(parser)
+    config.add_service_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="logging verbosity (default %(default)s)")
+    return parser
+
+
+def check_token(token: str) -> str | None:
+    """Why ``token`` cannot be a bot token, or ``None``. Never echoes the token itself."""
+    if not token:
+        return ("DISCORD_TOKEN is not set. Create a bot in the Discord Developer Portal, copy its "
+                "token and run: DISCORD_TOKEN=<token> python -m bot")
+    if not TOKEN_SHAPE.match(token):
+        return ("DISCORD_TOKEN does not look like a bot token (three dot-separated parts). Copy it "
+                "again from the Developer Portal (Bot > Reset Token), without quotes or 'Bot ' prefix.")
+    return None
+
+
+async def serve(settings: config.Settings) -> None:
+    """Load the models, log in and serve until interrupted."""
+    from .client import PetBot
+    from .handlers import Handlers
+
+    handlers = Handlers(settings)
+    try:
+        async with PetBot(handlers, settings) as bot:
+            await bot.start(settings.token)
+    finally:
+        handlers.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Start the bot; returns the process exit status."""
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = config.from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if (problem := check_token(settings.token)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    import aiohttp
+    import discord
+
+    from .handlers import ConfigError
+
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except discord.LoginFailure:
+        print("error: Discord rejected DISCORD_TOKEN (it was reset or is wrong). Reset it in the "
+              "Developer Portal (Bot > Reset Token) and set the new one.", file=sys.stderr)
+        return EXIT_DISCORD
+    except discord.PrivilegedIntentsRequired:
+        print("error: Discord refused the gateway intents; this bot needs none of the privileged "
+              "ones, so check the application's settings.", file=sys.stderr)
+        return EXIT_DISCORD
+    except (aiohttp.ClientError, OSError, discord.GatewayNotFound, discord.HTTPException) as exc:
+        print(f"error: cannot talk to Discord ({exc.__class__.__name__}: {exc}). Check the network "
+              "and try again.", file=sys.stderr)
+        return EXIT_DISCORD
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main(get_args_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

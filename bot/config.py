@@ -1,0 +1,142 @@
+"""Bot settings: every knob has a flag, and every flag a ``PETLENS_*`` environment default.
+
+The Discord token is the exception: it comes only from ``DISCORD_TOKEN`` (a flag would show
+it in ``ps`` and in shell history), is kept out of ``repr()`` and is never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = Path("models/catsdogs.onnx")
+DEFAULT_CHECKPOINT = Path("models/catsdogs.pt")
+
+# Strength of /fool-me as an L-inf budget in 8-bit steps: 2/255 is invisible on a photo.
+STRENGTHS = {"subtle": 1 / 255, "normal": 2 / 255, "strong": 4 / 255}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an upload may be; plain values so they travel to worker processes."""
+
+    max_bytes: int = 10 * 1024 * 1024  # Discord's own limit for most users
+    max_pixels: int = 40_000_000
+    max_output_side: int = 1024  # images the bot sends back (Discord caps uploads at 10 MB)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the handlers and the client need; build it with :func:`from_args`."""
+
+    model: Path = DEFAULT_MODEL
+    checkpoint: Path | None = DEFAULT_CHECKPOINT
+    limits: Limits = field(default_factory=Limits)
+    workers: int = 2  # threads (or processes) for /classify
+    max_heavy: int = 2  # concurrent /fool-me, /ideal, /explain jobs, bot-wide
+    max_queued: int = 128  # /classify requests in flight (memory: at most this × max_bytes)
+    cooldown_s: float = 20.0  # per user, between heavy commands
+    classify_cooldown_s: float = 1.0  # per user, between /classify calls
+    pool: str = "thread"  # "thread" or "process"
+    fool_steps: int | None = None  # None: the attack's own default
+    ideal_steps: int | None = None
+    guild_id: int | None = None
+    sync: bool = True
+    token: str = field(default="", repr=False)
+
+
+def _env(name: str, default: object) -> str | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None if default is None else str(default)
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``python -m bot`` and ``python -m bot.console``."""
+    g = parser.add_argument_group("model and limits")
+    g.add_argument("--model", type=Path, default=_env("PETLENS_MODEL", DEFAULT_MODEL),
+                   help="ONNX classifier for /classify and to judge results (env PETLENS_MODEL; default %(default)s)")
+    g.add_argument("--checkpoint", default=_env("PETLENS_CHECKPOINT", DEFAULT_CHECKPOINT),
+                   help="torch checkpoint for /fool-me, /ideal and /explain; 'none' disables them "
+                        "(env PETLENS_CHECKPOINT; default %(default)s)")
+    g.add_argument("--max-bytes", type=int, default=_env("PETLENS_MAX_BYTES", Limits.max_bytes),
+                   help="largest upload accepted, in bytes (env PETLENS_MAX_BYTES; default %(default)s)")
+    g.add_argument("--max-pixels", type=int, default=_env("PETLENS_MAX_PIXELS", Limits.max_pixels),
+                   help="largest upload accepted, width×height (env PETLENS_MAX_PIXELS; default %(default)s)")
+    g.add_argument("--max-output-side", type=int, default=_env("PETLENS_MAX_OUTPUT_SIDE", Limits.max_output_side),
+                   help="longest side of images sent back (env PETLENS_MAX_OUTPUT_SIDE; default %(default)s)")
+    g.add_argument("--fool-steps", type=int, default=_env("PETLENS_FOOL_STEPS", None),
+                   help="attack steps for /fool-me (env PETLENS_FOOL_STEPS; default: the attack's own)")
+    g.add_argument("--ideal-steps", type=int, default=_env("PETLENS_IDEAL_STEPS", None),
+                   help="optimization steps for /ideal (env PETLENS_IDEAL_STEPS; default: ideal_image's own)")
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that only matter to a long-running bot: pools, limiter, command sync."""
+    g = parser.add_argument_group("serving")
+    g.add_argument("--guild-id", type=int, default=_env("DISCORD_GUILD_ID", None),
+                   help="sync the commands to this server only, instantly (env DISCORD_GUILD_ID); "
+                        "without it they are synced globally, which Discord may take a while to show")
+    g.add_argument("--no-sync", dest="sync", action="store_false",
+                   help="do not upload the command list at start (it has not changed since last time)")
+    g.add_argument("--workers", type=int, default=_env("PETLENS_WORKERS", Settings.workers),
+                   help="worker threads/processes for /classify (env PETLENS_WORKERS; default %(default)s)")
+    g.add_argument("--max-heavy", type=int, default=_env("PETLENS_MAX_HEAVY", Settings.max_heavy),
+                   help="bot-wide cap on concurrent /fool-me, /ideal, /explain jobs; more get a polite "
+                        "'busy' reply (env PETLENS_MAX_HEAVY; default %(default)s)")
+    g.add_argument("--max-queued", type=int, default=_env("PETLENS_MAX_QUEUED", Settings.max_queued),
+                   help="bot-wide cap on /classify requests in flight (env PETLENS_MAX_QUEUED; default %(default)s)")
+    g.add_argument("--cooldown", type=float, default=_env("PETLENS_COOLDOWN", Settings.cooldown_s),
+                   help="seconds a user waits between heavy commands (env PETLENS_COOLDOWN; default %(default)s)")
+    g.add_argument("--classify-cooldown", type=float,
+                   default=_env("PETLENS_CLASSIFY_COOLDOWN", Settings.classify_cooldown_s),
+                   help="seconds a user waits between /classify calls (env PETLENS_CLASSIFY_COOLDOWN; default %(default)s)")
+    g.add_argument("--pool", choices=("thread", "process"), default=_env("PETLENS_POOL", Settings.pool),
+                   help="run the compute in threads (shared models, torch and onnxruntime release the GIL) "
+                        "or in processes (env PETLENS_POOL; default %(default)s)")
+
+
+def from_args(args: argparse.Namespace, token: str | None = None) -> Settings:
+    """Settings from parsed flags (with their environment defaults); ``token`` defaults to
+    ``$DISCORD_TOKEN``. Raises ``ValueError`` with a readable message on nonsense values."""
+    ckpt = getattr(args, "checkpoint", DEFAULT_CHECKPOINT)
+    checkpoint = None if ckpt is None or str(ckpt).lower() in ("", "none") else Path(ckpt)
+    limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_output_side=args.max_output_side)
+    settings = Settings(
+        model=Path(args.model),
+        checkpoint=checkpoint,
+        limits=limits,
+        workers=getattr(args, "workers", Settings.workers),
+        max_heavy=getattr(args, "max_heavy", Settings.max_heavy),
+        max_queued=getattr(args, "max_queued", Settings.max_queued),
+        cooldown_s=getattr(args, "cooldown", 0.0),
+        classify_cooldown_s=getattr(args, "classify_cooldown", 0.0),
+        pool=getattr(args, "pool", "thread"),
+        fool_steps=args.fool_steps,
+        ideal_steps=args.ideal_steps,
+        guild_id=getattr(args, "guild_id", None),
+        sync=getattr(args, "sync", True),
+        token=(os.environ.get("DISCORD_TOKEN", "") if token is None else token).strip(),
+    )
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Refuse settings that would make the bot misbehave later, naming the fix."""
+    positive = {"--workers": s.workers, "--max-heavy": s.max_heavy, "--max-queued": s.max_queued,
+                "--max-bytes": s.limits.max_bytes, "--max-pixels": s.limits.max_pixels,
+                "--max-output-side": s.limits.max_output_side}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if s.cooldown_s < 0 or s.classify_cooldown_s < 0:
+        raise ValueError("cooldowns cannot be negative")
+    for flag, value in (("--fool-steps", s.fool_steps), ("--ideal-steps", s.ideal_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if s.pool not in ("thread", "process"):
+        raise ValueError(f"--pool must be 'thread' or 'process', got {s.pool!r}")

@@ -1,0 +1,118 @@
+"""The bot without Discord: ``python -m bot.console COMMAND ...`` (or ``petlens-bot-console``).
+
+Runs the very handlers that the slash commands call and prints ONE JSON line::
+
+    {"ok": true, "text": "...", "files": ["out/cat-as-dog.png"]}
+
+It is the operator's smoke test ("does the bot work with this model?") and the test suite's
+entry point. A bad file from a user is an answer (``"ok": false``, exit status 0), never a
+traceback; only an unusable setup (missing model, bad flag) exits non-zero.
+
+Examples::
+
+    python -m bot.console classify --image photo.jpg
+    python -m bot.console fool-me --image photo.jpg --target cat --out results/
+    python -m bot.console ideal --label dog --out results/
+    python -m bot.console explain --image photo.jpg
+    python -m bot.console about
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import config
+from .config import STRENGTHS
+
+EXIT_CONFIG = 2
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    config.add_model_arguments(common)
+    common.add_argument("--out", type=Path, default=Path("."),
+                        help="folder for the images a command sends back (default: the current folder)")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bot.console", add_help=add_help,
+        description="Run the bot's command handlers without Discord; prints one JSON line "
+                    '{"ok": bool, "text": str, "files": [paths written]}.',
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("classify", parents=[common], help="top-3 labels for a photo")
+    p.add_argument("--image", type=Path, required=True, help="the photo to classify")
+    p = sub.add_parser("fool-me", parents=[common], help="make the network see TARGET in a photo")
+    p.add_argument("--image", type=Path, required=True, help="the photo to change")
+    p.add_argument("--target", default=None, help="the label to make the network see (default: the runner-up)")
+    p.add_argument("--strength", default="normal", choices=tuple(STRENGTHS),
+                   help="how far each pixel may move: subtle 1/255, normal 2/255, strong 4/255 (default %(default)s)")
+    p = sub.add_parser("ideal", parents=[common], help="the image the network finds most LABEL-like")
+    p.add_argument("--label", required=True, help="which class to dream up")
+    p = sub.add_parser("explain", parents=[common], help="Grad-CAM overlay for a photo")
+    p.add_argument("--image", type=Path, required=True, help="the photo to explain")
+    sub.add_parser("about", parents=[common], help="model, accuracy and how it works")
+    return parser
+
+
+def _emit(ok: bool, text: str, files: list[str]) -> None:
+    print(json.dumps({"ok": ok, "text": text, "files": files}, ensure_ascii=False), flush=True)
+
+
+async def _run(handlers, args: argparse.Namespace):
+    from .handlers import Upload
+
+    if args.command == "about":
+        return handlers.about()
+    if args.command == "ideal":
+        return await handlers.ideal(args.label)
+    upload = Upload.from_path(args.image)
+    if args.command == "classify":
+        return await handlers.classify(upload)
+    if args.command == "fool-me":
+        return await handlers.fool_me(upload, target=args.target, strength=args.strength)
+    return await handlers.explain(upload)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one command; prints the JSON line and returns the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .handlers import ConfigError, Handlers
+    from .work import UserError
+
+    try:
+        # classify and about never touch the checkpoint: skip importing torch to check it.
+        heavy = args.command in ("fool-me", "ideal", "explain")
+        handlers = Handlers(config.from_args(args, token=""), verify_checkpoint=heavy)
+    except (ConfigError, ValueError) as exc:
+        _emit(False, f"setup error: {exc}", [])
+        return EXIT_CONFIG
+    try:
+        reply = asyncio.run(_run(handlers, args))
+    except UserError as exc:  # e.g. --image names no file
+        _emit(False, str(exc), [])
+        return 0
+    finally:
+        handlers.close()
+    written = []
+    if reply.files:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for f in reply.files:
+            path = args.out / f.name
+            path.write_bytes(f.data)
+            written.append(str(path))
+    text = f"{reply.title}\n{reply.text}" if reply.title else reply.text
+    _emit(reply.ok, text, written)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main(get_args_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
