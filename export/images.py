@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+import re
+import struct
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 
@@ -24,7 +26,15 @@ MAX_BYTES = 40 * 1024 * 1024  # a 35-megapixel JPEG is ~10-20 MB
 MAX_PIXELS = 60_000_000  # 60 megapixels: above any phone camera, far below a bomb
 MIN_SIDE = 8
 MAX_ASPECT = 25.0  # a 1x100000 strip would blow up when resized to 256 px short side
-SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+# Non-JPEG images this big must not be "nearly free" to store: a 49-megapixel PNG that
+# fits in 6 KB costs seconds and ~150 MB to decode and is only ever a decompression bomb.
+BOMB_MIN_PIXELS = 16_000_000
+BOMB_RATIO = 1000  # pixels per byte of file; photos are ~0.3, flat screenshots ~10
+
+# Decoders we let Pillow use. Restricting ``Image.open`` keeps user uploads away from the
+# exotic plugins (EPS shells out to Ghostscript; PSD, FITS, ... are rarely exercised code).
+FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"] + (["AVIF"] if features.check("avif") else [])
+SUPPORTED = ", ".join(f.replace("WEBP", "WebP") for f in FORMATS[:-1]) + " or " + FORMATS[-1].replace("WEBP", "WebP")
 
 
 class ImageError(ValueError):
@@ -62,7 +72,7 @@ def _human_bytes(n: int) -> str:
 def _read_source(src: ImageSource, max_bytes: int) -> tuple[bytes, str]:
     """Raw bytes plus a short name for messages."""
     if isinstance(src, (bytes, bytearray, memoryview)):
-        data, name = bytes(src), "the image"
+        data, name = bytes(src), "this file"
     elif isinstance(src, (str, os.PathLike)):
         path = Path(src)
         name = path.name
@@ -75,7 +85,7 @@ def _read_source(src: ImageSource, max_bytes: int) -> tuple[bytes, str]:
             )
         data = path.read_bytes()
     elif hasattr(src, "read"):
-        data, name = src.read(max_bytes + 1), getattr(src, "name", "the image")
+        data, name = src.read(max_bytes + 1), getattr(src, "name", "this file")
         name = Path(str(name)).name
     else:
         raise TypeError(f"expected a path, bytes, a file object or a PIL image, got {type(src).__name__}")
@@ -89,14 +99,37 @@ def _read_source(src: ImageSource, max_bytes: int) -> tuple[bytes, str]:
 
 
 def _sniff_unsupported(data: bytes) -> str | None:
+    """A readable refusal for common non-photo uploads Pillow would only call 'unidentified'."""
     head = data[:512].lstrip().lower()
     if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
         return "SVG drawings are not supported; export it as PNG or JPEG and send that."
     if head.startswith(b"%pdf"):
         return "that is a PDF, not a photo; send a JPEG or PNG."
-    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
-        return "HEIC/AVIF photos are not supported yet; send a JPEG or PNG (most phones can share as JPEG)."
+    if data[4:8] == b"ftyp":  # ISO media: HEIC/AVIF stills, or MP4/MOV video
+        brand = data[8:12]
+        if brand in (b"avif", b"avis") and "AVIF" in FORMATS:
+            return None
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"):
+            return "HEIC/AVIF photos are not supported here; send a JPEG or PNG (most phones can share as JPEG)."
+        return "that looks like a video, not a photo; send a JPEG or PNG still image."
     return None
+
+
+_MAGIC = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _magic_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
 
 
 def check_size(width: int, height: int, name: str = "the image", max_pixels: int = MAX_PIXELS) -> None:
@@ -136,6 +169,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _bomb_error(name: str, exc: Exception, max_pixels: int) -> ImageTooLargeError:
+    # Pillow refuses far beyond our limit before we can see the size; its message has it.
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    declared = f"{int(m.group(1)) / 1e6:,.0f} megapixels" if m else "an absurd number of pixels"
+    return ImageTooLargeError(
+        f"image too large: {name} declares {declared}, limit {max_pixels / 1e6:.0f} megapixels. "
+        "Resize it and send it again."
+    )
+
+
+def _shrink(img: Image.Image, min_side: int) -> Image.Image:
+    """Integer-factor box reduction keeping the shorter side >= 2 * ``min_side`` (so the
+    antialiased resize that follows still sees more pixels than it keeps)."""
+    factor = min(img.size) // (2 * min_side)
+    if factor < 2:
+        return img
+    if img.mode in ("1", "P", "I;16", "I;16L", "I;16B", "I;16N"):  # modes reduce() cannot do
+        img = _to_rgb(img)
+    return img.reduce(factor)
+
+
 def load_image(
     src: ImageSource,
     *,
@@ -145,48 +199,71 @@ def load_image(
 ) -> Image.Image:
     """Decode ``src`` safely into an 8-bit RGB image, EXIF orientation applied.
 
-    ``min_side``: the caller only needs the shorter side to be at least this many pixels
-    (e.g. 256 for classification); big JPEGs are then decoded at 1/2, 1/4 or 1/8 scale and
-    other big images reduced, which makes a 35-megapixel photo cost a fraction of a second.
-    Animated images give their first frame.
+    ``src``: a path, bytes, a binary file object or a PIL image. ``min_side``: the caller
+    only needs the shorter side to be at least this many pixels (e.g. 256 for
+    classification); big JPEGs are then decoded at 1/2, 1/4 or 1/8 scale (DCT scaling,
+    ``Image.draft``) and other big images box-reduced, which makes a 35-megapixel photo
+    cost a fraction of a second. Animated images give their first frame; transparency is
+    composited on white. Raises an :class:`ImageError` subclass whose message a person can
+    act on; geometry is checked from the header before any pixel is decoded.
+
+    Example::
+
+        img = load_image(upload_bytes, min_side=256)   # PIL.Image, mode "RGB"
     """
     if isinstance(src, Image.Image):
         check_size(src.width, src.height, max_pixels=max_pixels)
-        return _to_rgb(ImageOps.exif_transpose(src))
+        return _decode(src, "the image", min_side, max_pixels)
     data, name = _read_source(src, max_bytes)
     reason = _sniff_unsupported(data)
     if reason:
         raise UnsupportedImageError(f"{name}: {reason}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(
-                f"{name} declares an absurd size ({exc}); limit {max_pixels / 1e6:.0f} megapixels."
-            ) from exc
-        except UnidentifiedImageError as exc:
-            raise NotAnImageError(
-                f"{name} is not an image Pillow can read. Send a {SUPPORTED} file."
-            ) from exc
-        except Exception as exc:  # malformed headers raise all sorts of things
-            raise CorruptImageError(f"{name} looks damaged and cannot be read ({exc.__class__.__name__}).") from exc
-        check_size(img.width, img.height, name, max_pixels)
-        try:
-            if min_side and img.format == "JPEG" and min(img.size) > 2 * min_side:
-                scale = min_side / min(img.size)
-                img.draft("RGB", (max(1, int(img.width * scale + 1)), max(1, int(img.height * scale + 1))))
-            img.load()
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"{name} is too large to decode ({exc}).") from exc
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-            raise CorruptImageError(
-                f"{name} is truncated or corrupt ({exc}); re-save or re-send the photo."
-            ) from exc
     try:
-        img = ImageOps.exif_transpose(img)
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(name, exc, max_pixels) from exc
+    except UnidentifiedImageError as exc:
+        fmt = _magic_format(data)
+        if fmt:  # the right signature, but Pillow could not parse what follows
+            raise CorruptImageError(f"{name} starts like a {fmt} file but is damaged or cut short; re-save or re-send the photo.") from exc
+        raise NotAnImageError(f"{name} is not an image this service can read. Send a {SUPPORTED} file.") from exc
+    except Exception as exc:  # malformed headers raise all sorts of things
+        raise CorruptImageError(f"{name} looks damaged and cannot be read ({exc.__class__.__name__}); re-save or re-send the photo.") from exc
+    check_size(img.width, img.height, name, max_pixels)
+    draftable = img.format in ("JPEG", "MPO")  # MPO: multi-picture JPEG from many phone cameras
+    pixels = img.width * img.height
+    if not draftable and pixels > BOMB_MIN_PIXELS and pixels > BOMB_RATIO * len(data):
+        raise ImageTooLargeError(
+            f"image too large: {name} declares {img.width}×{img.height} pixels in only {_human_bytes(len(data))}, "
+            "which only decompression bombs do. Send a real photo."
+        )
+    if min_side and draftable and min(img.size) > 2 * min_side:
+        # Ask libjpeg for the smallest 1/2, 1/4 or 1/8 scale that keeps min_side.
+        scale = min_side / min(img.size)
+        img.draft(img.mode, (max(1, int(img.width * scale + 1)), max(1, int(img.height * scale + 1))))
+    return _decode(img, name, min_side, max_pixels)
+
+
+def _decode(img: Image.Image, name: str, min_side: int | None, max_pixels: int) -> Image.Image:
+    """Load the pixels (first frame), orient, shrink, convert; decoder failures -> ImageError."""
+    try:
+        img.load()
+        img = _exif_transpose(img)
+        if min_side:
+            img = _shrink(img, min_side)
+        return _to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(name, exc, max_pixels) from exc
+    except (OSError, SyntaxError, EOFError, IndexError, struct.error, zlib.error) as exc:
+        raise CorruptImageError(f"{name} is truncated or corrupt ({exc}); re-save or re-send the photo.") from exc
+    except ValueError as exc:  # e.g. a colour mode Pillow cannot convert to RGB
+        raise UnsupportedImageError(
+            f"{name} uses an image format variant that cannot be read ({exc}); re-save it as JPEG or PNG."
+        ) from exc
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block should not cost the user their photo
-        pass
-    if min_side and min(img.size) >= 4 * min_side:
-        img = img.reduce(min(img.size) // (2 * min_side))
-    return _to_rgb(img)
+        return img
