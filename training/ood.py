@@ -1,0 +1,256 @@
+""""That's not a pet": out-of-distribution scores for a trained classifier.
+
+A cats-vs-dogs head calls every car, selfie and horse a cat or a dog, often at 99%: with two
+classes, max-softmax, max-logit and energy all reduce to ``|logit_cat - logit_dog|``, the
+confidence of a decision between two answers that may both be wrong. The evidence that a
+photo is neither lives in the penultimate features, so the default score here is the
+**kNN cosine distance** (Sun et al., "Out-of-Distribution Detection with Deep Nearest
+Neighbors", ICML 2022, https://arxiv.org/abs/2204.06507)::
+
+    score(x) = 1 - cos(f(x), k-th nearest training feature)      (higher = less pet-like)
+
+It won by measurement on real photos (``python -m training.ood_benchmark``; ImageNet
+MobileNetV2 features + a cats-vs-dogs head, 200 val pets vs 80 non-pet photos): AUROC 0.989
+and 3.7% of non-pets accepted when 95% of pets are, against 0.848 / 71% for max-softmax,
+0.977 / 12.5% for class-conditional Mahalanobis (tied covariance, Ledoit-Wolf shrinkage, on
+L2-normalised features; Lee et al., 2018) and 0.964 / 22% for ViM. Mahalanobis is kept as
+``method="mahalanobis"`` and the logit baselines as ``"msp"`` / ``"energy"``. Results are
+flat in ``k`` (0.984-0.989 for k = 1..50), so the default ``k=10`` is not a fragile pick.
+
+The threshold is calibrated on validation photos (never on non-pets) as a split-conformal
+quantile: with ``n`` validation scores it is the ``ceil((n+1) * target_tpr)``-th smallest,
+so a new pet photo like the validation ones is accepted with probability >= ``target_tpr``.
+
+Everything a scorer needs is one dict of tensors, floats and strings (:func:`fit_ood`), so it
+lives in a checkpoint's ``extra["ood"]`` and loads with ``weights_only=True``;
+:class:`OODScorer` rebuilds it as a module of ONNX-exportable ops.
+
+Example::
+
+    state = fit_ood(train_feats, train_labels, val_feats)            # at training time
+    save_checkpoint(path, model, labels, extra={"ood": state})
+    scorer = ood_scorer_from_checkpoint(read_checkpoint(path))        # at serving time
+    logits, scores = score_images(model, scorer, [photo])
+    is_pet = scores <= scorer.threshold
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FORMAT = "petlens-ood/1"
+METHODS = ("knn", "mahalanobis", "energy", "msp")
+
+
+def _check_features(name: str, x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty [N, D] tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has {x.shape[1]} features per row, expected {dim}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return x.detach().double().cpu()
+
+
+def conformal_threshold(scores: torch.Tensor, target_tpr: float) -> float:
+    """The ``ceil((n+1) * target_tpr)``-th smallest score (the largest when that overshoots).
+
+    Accepting ``score <= threshold`` then keeps at least ``target_tpr`` of new in-distribution
+    scores on average (split conformal prediction), where the plain empirical quantile of a
+    small validation set falls a little short.
+    """
+    s = torch.sort(scores.double().flatten()).values
+    rank = min(math.ceil((len(s) + 1) * target_tpr), len(s))
+    return float(s[rank - 1])
+
+
+def _balanced_subset(labels: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+    """Indices of at most ``limit`` rows, classes as even as the data allow (seeded)."""
+    if len(labels) <= limit:
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    per = [torch.nonzero(labels == c).flatten()[torch.randperm(int((labels == c).sum()), generator=g)] for c in classes]
+    picked, quota = [], limit
+    for i, rows in enumerate(sorted(per, key=len)):  # small classes first, leftovers to the big ones
+        take = min(len(rows), quota // (len(per) - i))
+        picked.append(rows[:take])
+        quota -= take
+    return torch.sort(torch.cat(picked)).values
+
+
+def ledoit_wolf(xc: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Ledoit-Wolf shrunk covariance of centred rows ``xc`` and the shrinkage used."""
+    n, p = xc.shape
+    cov = xc.T @ xc / n
+    mu = torch.trace(cov) / p
+    target = mu * torch.eye(p, dtype=cov.dtype)
+    delta2 = ((cov - target) ** 2).sum() / p
+    beta2 = ((xc.pow(2).sum(1) ** 2).sum() - n * (cov**2).sum()) / (n * n) / p
+    shrink = float(torch.clamp(beta2 / delta2, 0.0, 1.0)) if delta2 > 0 else 1.0
+    return shrink * target + (1 - shrink) * cov, shrink
+
+
+def fit_ood(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_features: torch.Tensor,
+    *,
+    target_tpr: float = 0.95,
+    method: str = "knn",
+    val_logits: torch.Tensor | None = None,
+    k: int = 10,
+    max_bank: int = 1024,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit an OOD scorer on penultimate features and calibrate its threshold.
+
+    ``train_features [N, D]`` / ``train_labels [N]``: the training photos' pooled features
+    (``model.embed``) and classes; ``val_features [M, D]``: held-out in-distribution photos,
+    used only to place the threshold so that ``target_tpr`` of them are accepted.
+    ``method``: ``"knn"`` (default; ``k``-th neighbour cosine distance to a class-balanced
+    bank of at most ``max_bank`` training features), ``"mahalanobis"`` (tied covariance with
+    Ledoit-Wolf shrinkage on L2-normalised features, distance to the nearest class mean),
+    or the logit baselines ``"energy"`` / ``"msp"`` (these need ``val_logits``).
+    Returns a dict of tensors, numbers and strings (checkpoint ``extra["ood"]``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown OOD method {method!r}; choose one of: {', '.join(METHODS)}")
+    if not 0.5 <= target_tpr < 1.0:
+        raise ValueError(f"target_tpr must be in [0.5, 1), got {target_tpr}")
+    train = _check_features("train_features", train_features)
+    val = _check_features("val_features", val_features, train.shape[1])
+    labels = torch.as_tensor(train_labels).long().flatten().cpu()
+    if len(labels) != len(train):
+        raise ValueError(f"{len(train)} training features but {len(labels)} labels")
+    state: dict[str, Any] = {"format": FORMAT, "method": method, "feature_dim": int(train.shape[1])}
+    if method == "knn":
+        bank = F.normalize(train[_balanced_subset(labels, max_bank, seed)], dim=1)
+        state.update(k=int(min(k, len(bank))), bank=bank.float())
+    elif method == "mahalanobis":
+        z = F.normalize(train, dim=1)
+        classes = labels.unique()
+        means = torch.stack([z[labels == c].mean(0) for c in classes])
+        cov, shrink = ledoit_wolf(z - means[torch.searchsorted(classes, labels)])
+        # Store a whitening matrix W (precision = W W^T) so the score is a plain
+        # matmul + squared norm in ONNX, without a matrix inverse at serving time.
+        whiten = torch.linalg.cholesky(torch.linalg.inv(cov))
+        state.update(means=means.float(), whiten=whiten.float(), shrinkage=shrink)
+    else:
+        if val_logits is None:
+            raise ValueError(f"method {method!r} scores logits: pass val_logits")
+        val_logits = _check_features("val_logits", val_logits)
+    scorer = OODScorer(state)
+    with torch.no_grad():
+        logits = val_logits.float() if val_logits is not None else torch.zeros(len(val), 1)
+        scores = scorer(val.float(), logits)
+    threshold = conformal_threshold(scores, target_tpr)
+    state.update(
+        threshold=threshold,
+        target_tpr=float(target_tpr),
+        val_tpr=float((scores <= threshold).double().mean()),
+        n_train=int(len(train)),
+        n_val=int(len(val)),
+    )
+    return state
+
+
+def ood_summary(state: dict[str, Any]) -> dict[str, Any]:
+    """The scalar facts of a fitted state (method, threshold, rates, counts), JSON-able:
+    for ONNX metadata and metrics files, where a feature bank has no business."""
+    return {key: value for key, value in state.items() if isinstance(value, (str, int, float, bool))}
+
+
+class OODScorer(nn.Module):
+    """``forward(features [N, D], logits [N, C]) -> score [N]``, higher = less like the
+    training photos; accept a photo as in-distribution when ``score <= self.threshold``.
+
+    Built from :func:`fit_ood`'s dict; uses only ONNX-exportable ops (MatMul, TopK,
+    ReduceSum, ReduceMin, LogSumExp, Softmax), so it can sit inside the exported model.
+    """
+
+    def __init__(self, state: dict[str, Any]):
+        super().__init__()
+        if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("method") not in METHODS:
+            raise ValueError(f"not an OOD state this version can use (expected format {FORMAT!r})")
+        self.method = state["method"]
+        self.feature_dim = int(state["feature_dim"])
+        self.threshold = float(state.get("threshold", math.inf))
+        self.target_tpr = float(state.get("target_tpr", float("nan")))
+        if self.method == "knn":
+            self.k = int(state["k"])
+            self.register_buffer("bank", state["bank"].float())
+        elif self.method == "mahalanobis":
+            self.register_buffer("means", state["means"].float())
+            self.register_buffer("whiten", state["whiten"].float())
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.method == "msp":
+            return -torch.softmax(logits, dim=1).max(dim=1).values
+        if self.method == "energy":
+            return -torch.logsumexp(logits, dim=1)
+        # x / max(||x||, eps), spelled out so it exports as plain ops.
+        z = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if self.method == "knn":
+            sims = z @ self.bank.T
+            return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
+        # Mahalanobis to the nearest class mean: (z - mu_c)' P (z - mu_c) = ||(z - mu_c) W||^2.
+        diff = (z[:, None, :] - self.means[None]) @ self.whiten
+        return (diff * diff).sum(dim=2).min(dim=1).values / self.feature_dim
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, threshold={self.threshold:.4g}"
+
+
+def ood_scorer_from_checkpoint(ckpt: dict[str, Any]) -> OODScorer | None:
+    """The scorer stored in a checkpoint dict (:func:`training.read_checkpoint`), or ``None``
+    for checkpoints trained before OOD statistics existed."""
+    state = (ckpt.get("extra") or {}).get("ood")
+    return None if state is None else OODScorer(state)
+
+
+class ClassifierWithOOD(nn.Module):
+    """``x [N, 3, H, W] in [0, 1] -> (logits [N, C], ood_score [N])`` in one graph, for export."""
+
+    def __init__(self, model: nn.Module, scorer: OODScorer):
+        super().__init__()
+        self.model, self.scorer = model, scorer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.embed(x)
+        logits = self.model.head(features)
+        return logits, self.scorer(features, logits)
+
+
+@torch.inference_mode()
+def score_images(model: nn.Module, scorer: OODScorer, images: Sequence | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[N, C]`` and OOD scores ``[N]`` for PIL photos or a ``[N, 3, H, W]`` batch in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        from .presets import preprocess_batch
+
+        images = torch.from_numpy(preprocess_batch(images, getattr(model, "image_size", 224)))
+    device = next(model.parameters()).device
+    logits, scores = ClassifierWithOOD(model, scorer).eval()(images.to(device))
+    return logits.float().cpu(), scores.float().cpu()
+
+
+def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
+    """P(an out-of-distribution score exceeds an in-distribution one), ties counting half."""
+    a, b = torch.as_tensor(in_scores).double().flatten(), torch.as_tensor(out_scores).double().flatten()
+    diff = b[:, None] - a[None, :]
+    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
+
+
+def ood_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor, threshold: float) -> dict[str, float]:
+    """``{"auroc", "false_accept_rate", "true_accept_rate"}`` at ``threshold`` (accept = score <= it)."""
+    a, b = torch.as_tensor(in_scores).double(), torch.as_tensor(out_scores).double()
+    return {
+        "auroc": auroc(a, b),
+        "false_accept_rate": float((b <= threshold).double().mean()),
+        "true_accept_rate": float((a <= threshold).double().mean()),
+    }

@@ -1,0 +1,193 @@
+"""Compare out-of-distribution scores on real photos, to pick one by measurement.
+
+    python -m training.ood_benchmark --checkpoint models/catsdogs.pt \\
+        --train ../shared/data/catsdogs/train --val ../shared/data/catsdogs/val \\
+        --ood ../shared/data/notpets [--cache feats.pt] [--json]
+
+Every score is fitted on the training photos' features only, and its threshold is placed on
+the validation pets only (split-conformal, 95% accepted), exactly as :func:`training.ood.fit_ood`
+does; the non-pet photos (``--ood``, one folder per category) are used for measuring alone.
+Printed per method: AUROC (pets vs non-pets), false-accept rate of non-pets at that threshold
+(FAR@95), a bootstrap 95% interval of both, and per-category AUROC / FAR. Then a
+leave-one-category-out view: for each category, the method (and hyper-parameter) that is best
+on the *other* categories, scored on the held-out one, which estimates how the choice fares on
+kinds of non-pet photo nobody looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .ood import OODScorer, auroc, conformal_threshold, fit_ood, ledoit_wolf
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def folder_images(root: Path) -> list[tuple[str, Path]]:
+    """``(subfolder name, file)`` for every image one level below ``root``."""
+    return [(d.name, f) for d in sorted(p for p in root.iterdir() if p.is_dir())
+            for f in sorted(d.iterdir()) if f.suffix.lower() in SUFFIXES]
+
+
+@torch.inference_mode()
+def features(model, files: list[Path], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features and logits of ``files`` (decoded and preprocessed like everywhere else)."""
+    from export.images import load_image
+
+    from .presets import preprocess_batch
+
+    feats = []
+    for i in range(0, len(files), batch_size):
+        x = torch.from_numpy(preprocess_batch([load_image(f, min_side=256) for f in files[i:i + batch_size]]))
+        feats.append(model.embed(x).float())
+    f = torch.cat(feats)
+    return f, model.head(f)
+
+
+def research_scores(tr, ytr, head):
+    """Scores not kept in training.ood (raw-feature and relative Mahalanobis, ViM): name -> fn(f, logits)."""
+    tr = tr.double()
+    classes = ytr.unique()
+    means = torch.stack([tr[ytr == c].mean(0) for c in classes])
+    cov, shrink = ledoit_wolf(tr - means[torch.searchsorted(classes, ytr)])
+    prec = torch.linalg.inv(cov)
+    # The background Gaussian gets the same shrinkage: with its own (smaller) Ledoit-Wolf
+    # value its weakest directions dominate and the relative score inverts (AUROC ~0.05).
+    g = tr.mean(0)
+    cov0 = (tr - g).T @ (tr - g) / len(tr)
+    prec0 = torch.linalg.inv((1 - shrink) * cov0 + shrink * torch.trace(cov0) / len(cov0) * torch.eye(len(cov0), dtype=cov0.dtype))
+
+    def maha(f):
+        d = f.double()[:, None] - means[None]
+        return torch.einsum("nkd,de,nke->nk", d, prec, d)
+
+    def relative(f):  # Ren et al. 2021: class distance minus a class-agnostic background distance
+        d0 = f.double() - g
+        return (maha(f) - torch.einsum("nd,de,ne->n", d0, prec0, d0)[:, None]).min(1).values
+
+    # ViM (Wang et al. 2022): norm of the feature outside the top-256 principal subspace,
+    # scaled to the logits, against the energy.
+    w, b = head.weight.double(), head.bias.double()
+    u = -torch.linalg.pinv(w) @ b
+    eigvec = torch.linalg.eigh((tr - u).T @ (tr - u) / len(tr))[1]
+    null = eigvec[:, : tr.shape[1] - 256]
+    alpha = (tr @ w.T + b).max(1).values.mean() / ((tr - u) @ null).norm(dim=1).mean()
+
+    def vim(f, logits):
+        return alpha * ((f.double() - u) @ null).norm(dim=1) - torch.logsumexp(logits.double(), 1)
+
+    return {
+        "mahalanobis-raw": lambda f, l: maha(f).min(1).values,
+        "relative-mahalanobis": lambda f, l: relative(f),
+        "vim[256]": vim,
+        "feature-norm": lambda f, l: -f.norm(dim=1),
+    }
+
+
+def compare(tr, ytr, va, va_logits, od, od_logits, cats: list[str], head, target_tpr=0.95, boot=200) -> dict:
+    """Every method's scores on val (pets) and ood (non-pets), and the metrics."""
+    scorers = {}
+    for method in ("msp", "energy", "mahalanobis"):
+        scorers[method] = OODScorer(fit_ood(tr, ytr, va, method=method, val_logits=va_logits, target_tpr=target_tpr))
+    for k in (1, 5, 10, 20, 50):
+        scorers[f"knn[{k}]"] = OODScorer(fit_ood(tr, ytr, va, method="knn", k=k, target_tpr=target_tpr))
+    scores = {name: (s(va, va_logits), s(od, od_logits)) for name, s in scorers.items()}
+    for name, fn in research_scores(tr, ytr, head).items():
+        scores[name] = (fn(va, va_logits), fn(od, od_logits))
+    cat_idx = {c: torch.tensor([i for i, x in enumerate(cats) if x == c]) for c in sorted(set(cats))}
+    g = torch.Generator().manual_seed(0)
+    table = {}
+    for name, (v, o) in scores.items():
+        thr = conformal_threshold(v, target_tpr)
+        far = lambda oo, thr=thr: float((oo <= thr).double().mean())
+        boots = []
+        for _ in range(boot):
+            vi, oi = torch.randint(len(v), (len(v),), generator=g), torch.randint(len(o), (len(o),), generator=g)
+            t = conformal_threshold(v[vi], target_tpr)
+            boots.append((auroc(v[vi], o[oi]), float((o[oi] <= t).double().mean())))
+        bt = torch.tensor(boots, dtype=torch.float64) if boots else torch.zeros(1, 2, dtype=torch.float64)
+        table[name] = {
+            "auroc": auroc(v, o), "far": far(o), "tar": float((v <= thr).double().mean()),
+            "auroc_ci": bt[:, 0].quantile(torch.tensor([0.025, 0.975]).double()).tolist(),
+            "far_ci": bt[:, 1].quantile(torch.tensor([0.025, 0.975]).double()).tolist(),
+            "per_category": {c: {"auroc": auroc(v, o[ix]), "far": far(o[ix])} for c, ix in cat_idx.items()},
+        }
+    return {"methods": table, "loco": leave_one_category_out(scores, cat_idx, target_tpr)}
+
+
+def leave_one_category_out(scores, cat_idx, target_tpr) -> dict:
+    """For each family (and all together): pick on the other categories, score the held-out one."""
+    families = {"all": list(scores), "logit (msp/energy)": ["msp", "energy"],
+                "knn": [n for n in scores if n.startswith("knn")]}
+    out = {}
+    for family, names in families.items():
+        n_all, au_sum, far_sum, picks = 0, 0.0, 0.0, {}
+        for c, ix in cat_idx.items():
+            rest = torch.cat([j for d, j in cat_idx.items() if d != c])
+            best = max(names, key=lambda n: auroc(scores[n][0], scores[n][1][rest]))
+            v, o = scores[best]
+            thr = conformal_threshold(v, target_tpr)
+            au, far = auroc(v, o[ix]), float((o[ix] <= thr).double().mean())
+            picks[c] = {"method": best, "auroc": au, "far": far}
+            au_sum, far_sum, n_all = au_sum + au * len(ix), far_sum + far * len(ix), n_all + len(ix)
+        out[family] = {"auroc": au_sum / n_all, "far": far_sum / n_all, "held_out": picks}
+    return out
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Compare OOD scores: pets (val) vs non-pet photos", add_help=add_help)
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    parser.add_argument("--train", required=True, help="training photos, one folder per class")
+    parser.add_argument("--val", required=True, help="validation photos, one folder per class (threshold)")
+    parser.add_argument("--ood", required=True, help="non-pet photos, one folder per category")
+    parser.add_argument("--cache", default=None, help="save/load the features here (skips re-embedding)")
+    parser.add_argument("--target-tpr", type=float, default=0.95, help="share of validation pets accepted")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none)")
+    parser.add_argument("--json", action="store_true", help="print the full result as one JSON line")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    from .checkpoint import load_checkpoint
+
+    model, labels = load_checkpoint(args.checkpoint)
+    sets = {name: folder_images(Path(getattr(args, name))) for name in ("train", "val", "ood")}
+    if args.cache and Path(args.cache).is_file():
+        cached = torch.load(args.cache, weights_only=True)
+    else:
+        cached = {name: features(model, [f for _, f in items]) for name, items in sets.items()}
+        if args.cache:
+            torch.save(cached, args.cache)
+    (tr, _), (va, va_logits), (od, od_logits) = cached["train"], cached["val"], cached["ood"]
+    ytr = torch.tensor([labels.index(c) for c, _ in sets["train"]])
+    with torch.no_grad():
+        result = compare(tr, ytr, va, va_logits, od, od_logits, [c for c, _ in sets["ood"]], model.head[-1],
+                         args.target_tpr, args.bootstrap)
+    if args.json:
+        print(json.dumps(result))
+        return result
+    cats = sorted(next(iter(result["methods"].values()))["per_category"])
+    print(f"{len(va)} val pets vs {len(od)} non-pets; threshold accepts {args.target_tpr:.0%} of val (conformal)")
+    print(f"{'method':22s} {'AUROC':>6s} {'95% CI':>13s} {'FAR@95':>7s} {'95% CI':>13s}   per category AUROC / FAR: "
+          + " ".join(c[:9] for c in cats))
+    for name, m in result["methods"].items():
+        per = " ".join(f"{m['per_category'][c]['auroc']:.2f}/{m['per_category'][c]['far']:.2f}" for c in cats)
+        print(f"{name:22s} {m['auroc']:6.3f} [{m['auroc_ci'][0]:.3f},{m['auroc_ci'][1]:.3f}] {m['far']:7.3f} "
+              f"[{m['far_ci'][0]:.3f},{m['far_ci'][1]:.3f}]   {per}")
+    print("leave-one-category-out (pick on the other categories, score the held-out one):")
+    for family, r in result["loco"].items():
+        picks = ", ".join(f"{c}:{p['method']}" for c, p in r["held_out"].items())
+        print(f"  {family:20s} AUROC {r['auroc']:.3f}  FAR@95 {r['far']:.3f}   ({picks})")
+    return result
+
+
+def cli() -> None:
+    main(get_args_parser().parse_args())
+
+
+if __name__ == "__main__":
+    cli()
