@@ -23,6 +23,9 @@ environment:
   DISCORD_GUILD_ID         same as --guild-id
   PETLENS_*                defaults for the flags above, named after them (PETLENS_MAX_HEAVY, ...)
 
+exit status:
+  0 stopped, 1 Discord unreachable (retry), 2 configuration error, 3 token or intents rejected
+
 example:
   DISCORD_TOKEN=... python -m bot --guild-id 123456789012345678
 """
@@ -32,8 +35,10 @@ example:
 # a client secret or an application id pasted instead.
 TOKEN_SHAPE = re.compile(r"^[^.\s'\"]{10,}\.[^.\s'\"]+\.[^.\s'\"]{10,}$")
 
-EXIT_CONFIG = 2  # the operator must fix the configuration
-EXIT_DISCORD = 1  # Discord refused or could not be reached
+# Distinct statuses so a service manager restarts only what a restart can fix.
+EXIT_NETWORK = 1  # Discord could not be reached: worth retrying
+EXIT_CONFIG = 2  # the operator must fix the configuration (token missing, model, flags)
+EXIT_REJECTED = 3  # Discord refused the token or the intents: retrying will not help
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -98,15 +103,15 @@ def main(args: argparse.Namespace) -> int:
     except discord.LoginFailure:
         print("error: Discord rejected DISCORD_TOKEN (it was reset or is wrong). Reset it in the "
               "Developer Portal (Bot > Reset Token) and set the new one.", file=sys.stderr)
-        return EXIT_DISCORD
+        return EXIT_REJECTED
     except discord.PrivilegedIntentsRequired:
         print("error: Discord refused the gateway intents; this bot needs none of the privileged "
               "ones, so check the application's settings.", file=sys.stderr)
-        return EXIT_DISCORD
+        return EXIT_REJECTED
     except (aiohttp.ClientError, OSError, discord.GatewayNotFound, discord.HTTPException) as exc:
         print(f"error: cannot talk to Discord ({exc.__class__.__name__}: {exc}). Check the network "
               "and try again.", file=sys.stderr)
-        return EXIT_DISCORD
+        return EXIT_NETWORK
     except KeyboardInterrupt:
         pass
     return 0

@@ -20,6 +20,11 @@ from .handlers import Handlers, Reply, Upload
 
 log = logging.getLogger("petlens.bot")
 
+# What the invite asks for: View Channels, Send Messages, Embed Links, Attach Files
+# (1024 + 2048 + 16384 + 32768). Nothing else: no message content, no moderation.
+PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, embed_links=True, attach_files=True)
+SCOPES = ("bot", "applications.commands")
+
 OK_COLOUR = discord.Colour.green()
 ERROR_COLOUR = discord.Colour.orange()
 
@@ -165,3 +170,6 @@ class PetBot(discord.Client):
     async def on_ready(self) -> None:
         log.info("logged in as %s (id %s); labels %s", self.user, getattr(self.user, "id", "?"),
                  self.handlers.labels)
+        if self.application_id:
+            log.info("invite link: %s", discord.utils.oauth_url(self.application_id, permissions=PERMISSIONS,
+                                                                 scopes=SCOPES))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from bot.__main__ import EXIT_CONFIG, EXIT_DISCORD, get_args_parser, main
+from bot.__main__ import EXIT_CONFIG, EXIT_NETWORK, EXIT_REJECTED, get_args_parser, main
 
 FAKE_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GabcDE.abcdefghijklmnopqrstuvwxyz0123456789AB"
 
@@ -63,26 +64,42 @@ class _Unauthorized(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_token_discord_rejects_stops_the_bot_cleanly(monkeypatch, capsys, caplog, bot_onnx):
-    """The real discord.py login against a local stand-in for Discord's API that answers 401:
-    discord.LoginFailure becomes one line and exit status 1."""
+def start_against(base_url: str, monkeypatch, bot_onnx) -> int:
+    """``main()`` with the real discord.py login, its API base pointed at ``base_url``."""
     import discord.http
 
+    monkeypatch.setattr(discord.http.Route, "BASE", base_url)
+    monkeypatch.setenv("DISCORD_TOKEN", FAKE_TOKEN)
+    args = get_args_parser().parse_args(["--model", str(bot_onnx), "--checkpoint", "none",
+                                         "--workers", "1", "--max-heavy", "1"])
+    return main(args)
+
+
+def test_a_token_discord_rejects_stops_the_bot_cleanly(monkeypatch, capsys, caplog, bot_onnx):
+    """A local stand-in for Discord's API answers 401: discord.LoginFailure becomes one line
+    and exit status 3 (a service manager should not restart)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unauthorized)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{server.server_port}/api/v10")
-        monkeypatch.setenv("DISCORD_TOKEN", FAKE_TOKEN)
-        args = get_args_parser().parse_args(["--model", str(bot_onnx), "--checkpoint", "none",
-                                             "--workers", "1", "--max-heavy", "1"])
-        status = main(args)
+        status = start_against(f"http://127.0.0.1:{server.server_port}/api/v10", monkeypatch, bot_onnx)
     finally:
         server.shutdown()
     out = capsys.readouterr()
-    assert status == EXIT_DISCORD
+    assert status == EXIT_REJECTED
     assert "Discord rejected DISCORD_TOKEN" in out.err and out.err.strip().count("\n") == 0
     assert "Traceback" not in out.err
     assert FAKE_TOKEN not in out.err + out.out + caplog.text
+
+
+def test_unreachable_discord_is_one_line_and_retryable(monkeypatch, capsys, caplog, bot_onnx):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    status = start_against(f"http://127.0.0.1:{port}/api/v10", monkeypatch, bot_onnx)
+    out = capsys.readouterr()
+    assert status == EXIT_NETWORK
+    assert "cannot talk to Discord" in out.err and out.err.strip().count("\n") == 0
+    assert "Traceback" not in out.err and FAKE_TOKEN not in out.err + caplog.text
 
 
 def test_unusable_model_is_refused_before_connecting(tmp_path):
