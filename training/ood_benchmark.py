@@ -109,11 +109,12 @@ def compare(tr, ytr, va, va_logits, od, od_logits, cats: list[str], head, target
             vi, oi = torch.randint(len(v), (len(v),), generator=g), torch.randint(len(o), (len(o),), generator=g)
             t = conformal_threshold(v[vi], target_tpr)
             boots.append((auroc(v[vi], o[oi]), float((o[oi] <= t).double().mean())))
-        bt = torch.tensor(boots, dtype=torch.float64) if boots else torch.zeros(1, 2, dtype=torch.float64)
+        bt = torch.tensor(boots, dtype=torch.float64) if boots else None
+        ci = lambda col: bt[:, col].quantile(torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist() if boots else None
         table[name] = {
             "auroc": auroc(v, o), "far": far(o), "tar": float((v <= thr).double().mean()),
-            "auroc_ci": bt[:, 0].quantile(torch.tensor([0.025, 0.975]).double()).tolist(),
-            "far_ci": bt[:, 1].quantile(torch.tensor([0.025, 0.975]).double()).tolist(),
+            "auroc_ci": ci(0),
+            "far_ci": ci(1),
             "per_category": {c: {"auroc": auroc(v, o[ix]), "far": far(o[ix])} for c, ix in cat_idx.items()},
         }
     return {"methods": table, "loco": leave_one_category_out(scores, cat_idx, target_tpr)}
@@ -176,8 +177,8 @@ def main(args: argparse.Namespace) -> dict:
           + " ".join(c[:9] for c in cats))
     for name, m in result["methods"].items():
         per = " ".join(f"{m['per_category'][c]['auroc']:.2f}/{m['per_category'][c]['far']:.2f}" for c in cats)
-        print(f"{name:22s} {m['auroc']:6.3f} [{m['auroc_ci'][0]:.3f},{m['auroc_ci'][1]:.3f}] {m['far']:7.3f} "
-              f"[{m['far_ci'][0]:.3f},{m['far_ci'][1]:.3f}]   {per}")
+        ci = lambda c: f"[{c[0]:.3f},{c[1]:.3f}]" if c else " " * 13
+        print(f"{name:22s} {m['auroc']:6.3f} {ci(m['auroc_ci'])} {m['far']:7.3f} {ci(m['far_ci'])}   {per}")
     print("leave-one-category-out (pick on the other categories, score the held-out one):")
     for family, r in result["loco"].items():
         picks = ", ".join(f"{c}:{p['method']}" for c, p in r["held_out"].items())
