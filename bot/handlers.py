@@ -23,7 +23,7 @@ import multiprocessing
 import re
 import time
 import uuid
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Hashable
@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Hashable
 from export.images import ImageError
 
 from . import work
-from .config import STRENGTHS, Limits, Settings
+from .config import DEFAULT_CHECKPOINT, STRENGTHS, Limits, Settings
 from .limiter import Limiter, Refused
 
 log = logging.getLogger("petlens.bot")
@@ -160,10 +160,8 @@ class Handlers:
         self.labels: list[str] = list(self.classifier.labels)
         self.checkpoint, self.heavy_disabled, self.checkpoint_metrics = self._check_checkpoint(
             settings.checkpoint, verify_checkpoint)
-        threads = work.default_torch_threads(settings.max_heavy)
-        self.light_pool = _make_pool(settings.pool, settings.workers, (self.model_path, None, threads), "classify")
-        self.heavy_pool = _make_pool(settings.pool, settings.max_heavy,
-                                     (self.model_path, self.checkpoint, threads), "heavy")
+        self.light_pool = self._new_pool("light_pool")
+        self.heavy_pool = self._new_pool("heavy_pool")
         self.light = Limiter(settings.max_queued, settings.classify_cooldown_s, name="/classify", typical_s=0.5)
         self.heavy = Limiter(settings.max_heavy, settings.cooldown_s, name="heavy commands", typical_s=10.0)
 
@@ -173,7 +171,7 @@ class Handlers:
         if path is None:
             return None, "this bot runs without a torch checkpoint (--checkpoint none)", {}
         if not path.is_file():
-            if path == Settings.checkpoint:  # the default is optional: /classify still works
+            if path == DEFAULT_CHECKPOINT:  # the default is optional: /classify still works
                 log.warning("no checkpoint at %s: /fool-me, /ideal and /explain are disabled", path)
                 return None, f"this bot has no torch checkpoint ({path} is missing)", {}
             raise ConfigError(f"checkpoint not found: {path}")
@@ -191,6 +189,13 @@ class Handlers:
                               "export the ONNX model from this checkpoint.")
         return str(path), None, dict(ckpt.get("metrics") or {})
 
+    def _new_pool(self, which: str) -> Executor:
+        s = self.settings
+        threads = work.default_torch_threads(s.max_heavy)
+        if which == "light_pool":  # ONNX only: no torch in these workers
+            return _make_pool(s.pool, s.workers, (self.model_path, None, threads), "classify")
+        return _make_pool(s.pool, s.max_heavy, (self.model_path, self.checkpoint, threads), "heavy")
+
     async def warm_up(self) -> None:
         """Start every worker and load its models now, so the first users do not wait."""
         loop = asyncio.get_running_loop()
@@ -206,26 +211,39 @@ class Handlers:
 
     # --- the common path ------------------------------------------------------------------
 
+    async def _download(self, upload: Upload) -> bytes:
+        try:
+            return await upload.read()
+        except Exception as exc:  # expired attachment URL, network hiccup, ...
+            log.warning("download of %r failed: %r", upload.filename, exc)
+            raise work.UserError(f"I could not download {upload.filename or 'your file'} from Discord; "
+                                 "please send it again.") from exc
+
     async def _serve(self, command: str, limiter: Limiter, user: Hashable, upload: Upload | None,
-                     acknowledge: Acknowledge | None, pool: Executor,
+                     acknowledge: Acknowledge | None, pool: str,
                      compute: Callable[..., Any], render: Callable[[Any, Upload | None], Reply],
                      *args: Any) -> Reply:
-        """Check, admit, acknowledge, download, compute off the loop, render; never raise."""
+        """Check, admit, acknowledge, download, compute off the loop in ``pool``
+        ("light_pool" or "heavy_pool"), render; never raises."""
         try:
             if upload is not None and (problem := check_upload(upload, self.limits)):
                 return Reply(False, problem, ephemeral=True)
             with limiter.slot(user):
                 if acknowledge is not None:
                     await acknowledge()
-                data = await upload.read() if upload is not None else None
-                job_args = (*args, data) if upload is not None else args
-                result = await asyncio.get_running_loop().run_in_executor(pool, compute, *job_args)
+                job_args = (*args, await self._download(upload)) if upload is not None else args
+                result = await asyncio.get_running_loop().run_in_executor(getattr(self, pool), compute, *job_args)
             return render(result, upload)
         except Refused as exc:
             return Reply(False, f"Sorry, {exc}", ephemeral=True, retry_after=exc.retry_after)
         except (ImageError, work.UserError) as exc:
             return Reply(False, str(exc), ephemeral=True)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, BrokenExecutor):
+                # A worker died (killed for memory, a native crash) or could not start: a broken
+                # pool refuses every later job, so replace it and let the next request retry.
+                getattr(self, pool).shutdown(wait=False, cancel_futures=True)
+                setattr(self, pool, self._new_pool(pool))
             ref = uuid.uuid4().hex[:8]
             log.exception("/%s failed (ref %s)", command, ref)
             return Reply(False, f"Sorry, something went wrong on my side while running /{command} "
@@ -246,7 +264,7 @@ class Handlers:
         def render(ranked: list[tuple[str, float]], up: Upload | None) -> Reply:
             return Reply(True, top_k_text(ranked), title=f"I see a {ranked[0][0]}")
 
-        return await self._serve("classify", self.light, user, upload, acknowledge, self.light_pool,
+        return await self._serve("classify", self.light, user, upload, acknowledge, "light_pool",
                                  _classify_job, render, self.model_path, self.limits)
 
     async def fool_me(self, upload: Upload, *, target: str | None = None, strength: str = "normal",
@@ -277,7 +295,7 @@ class Handlers:
                          title=f"A {out.before[0]} the network swears is a {out.target}"
                          if out.success else "Almost fooled")
 
-        return await self._serve("fool-me", self.heavy, user, upload, acknowledge, self.heavy_pool,
+        return await self._serve("fool-me", self.heavy, user, upload, acknowledge, "heavy_pool",
                                  _fool_job, render, self.model_path, self.checkpoint, target, eps,
                                  self.settings.fool_steps, self.limits)
 
@@ -298,7 +316,7 @@ class Handlers:
             return Reply(True, text, [ReplyFile(f"ideal-{out.label}.png", out.png)],
                          title=f"The ideal {out.label}")
 
-        return await self._serve("ideal", self.heavy, user, None, acknowledge, self.heavy_pool,
+        return await self._serve("ideal", self.heavy, user, None, acknowledge, "heavy_pool",
                                  work.ideal, render, self.model_path, self.checkpoint, label,
                                  self.settings.ideal_steps)
 
@@ -315,7 +333,7 @@ class Handlers:
             return Reply(True, text, [ReplyFile(f"{_stem(up.filename)}-gradcam.png", out.png)],
                          title=f"Why {out.label}?")
 
-        return await self._serve("explain", self.heavy, user, upload, acknowledge, self.heavy_pool,
+        return await self._serve("explain", self.heavy, user, upload, acknowledge, "heavy_pool",
                                  _explain_job, render, self.checkpoint, self.limits)
 
     def about(self) -> Reply:

@@ -74,7 +74,8 @@ def test_without_checkpoint_heavy_commands_say_why(make_handlers):
 
 def test_unexpected_failures_become_a_reference_not_a_traceback(make_handlers, tiny_checkpoint, tmp_path, caplog):
     """The checkpoint vanishes after start-up: the user gets an apology with a reference,
-    the operator's log gets the traceback with the same reference."""
+    the operator's log gets the traceback with the same reference; once the file is back,
+    the (rebuilt) worker pool serves again."""
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
     h = make_handlers(checkpoint=ckpt)
@@ -84,6 +85,17 @@ def test_unexpected_failures_become_a_reference_not_a_traceback(make_handlers, t
     assert not reply.ok and reply.ephemeral and "reference" in reply.text
     ref = reply.text.split("reference ")[1][:8]
     assert "Traceback" not in reply.text and ref in caplog.text and "Traceback" in caplog.text
+    shutil.copy(tiny_checkpoint, ckpt)
+    reply = asyncio.run(h.explain(Upload("c.png", "image/png", 10, None, None, _bytes(photo_bytes("cat", 2)))))
+    assert reply.ok, reply.text
+
+
+def test_a_failed_download_asks_to_send_again(make_handlers):
+    async def read():
+        raise ConnectionResetError("peer went away")
+
+    reply = asyncio.run(make_handlers().classify(Upload("c.png", "image/png", 10, None, None, read)))
+    assert not reply.ok and "could not download c.png" in reply.text and "peer" not in reply.text
 
 
 def test_mismatched_checkpoint_is_a_config_error(bot_settings, tmp_path):
