@@ -16,6 +16,7 @@ fetch the bytes — and options) and returns a :class:`Reply`. Along the way it
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import mimetypes
@@ -293,7 +294,7 @@ class Handlers:
                     "on this very PNG: save it and try /classify.")
             return Reply(True, text, [ReplyFile(name, out.png)],
                          title=f"A {out.before[0]} the network swears is a {out.target}"
-                         if out.success else "Almost fooled")
+                         if out.success else "Not fooled this time")
 
         return await self._serve("fool-me", self.heavy, user, upload, acknowledge, "heavy_pool",
                                  _fool_job, render, self.model_path, self.checkpoint, target, eps,
@@ -345,7 +346,7 @@ class Handlers:
                     if self.settings.cooldown_s >= 1 else "")
         lines = [
             f"**Model**: {arch} fine-tuned on pet photos, labels: {', '.join(self.labels)} "
-            f"({Path(self.model_path).name}{', accuracy ' + acc if acc else ''}).",
+            f"({Path(self.model_path).name}{', ' + acc if acc else ''}).",
             "**How it works**: a network pretrained on ImageNet (1.3 M photos) already knows edges, "
             "fur and eyes; its last layers were retrained on these labels (transfer learning). "
             "/classify runs it through ONNX Runtime.",
@@ -362,14 +363,22 @@ class Handlers:
 
 
 def _accuracy(meta: dict, metrics: dict) -> str | None:
-    for source in (meta, metrics):
-        for key in ("val_accuracy", "accuracy", "val_acc", "test_accuracy"):
-            if key in source:
-                try:
-                    value = float(source[key])
-                except (TypeError, ValueError):
-                    continue
-                return f"{value:.1%}" if value <= 1 else f"{value:.1f}%"
+    """"validation accuracy 97.5% (n=400)" from the ONNX metadata or the checkpoint metrics."""
+    found: dict = {}
+    try:  # the exporter stores the checkpoint's metrics as JSON, and a few of them as keys
+        found.update(json.loads(meta.get("metrics") or "{}"))
+    except (TypeError, ValueError):
+        pass
+    found.update({k: v for k, v in meta.items() if k in ("val_accuracy", "accuracy")})
+    found.update(metrics)
+    for key in ("val_accuracy", "accuracy"):
+        try:
+            value = float(found[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        n = found.get("n_val") or found.get("n")
+        name = "validation accuracy" if key == "val_accuracy" else "accuracy"
+        return f"{name} {value:.1%}" + (f" (n={n})" if n else "")
     return None
 
 
