@@ -1,0 +1,352 @@
+"""Targeted adversarial photos: FGSM, PGD, and :func:`fool`, the /fool-me engine.
+
+Attacks work on float ``[N, 3, H, W]`` images in [0, 1]; ImageNet normalization lives
+inside the model (``training.model.Normalize``), so the L∞ budget ``eps`` is in pixel
+units (``2/255`` = two grey levels). Shaped like torchattacks: pure functions, the model's
+train/eval mode restored, gradients through :func:`torch.autograd.grad` so the model's own
+``.grad`` buffers are never touched, the perturbation clamped to the eps-ball and the image
+to [0, 1], the input never modified in place.
+
+- :func:`fgsm`: one signed-gradient step (Goodfellow et al., "Explaining and Harnessing
+  Adversarial Examples", 2015), for teaching.
+- :func:`pgd`: iterated, projected steps (Madry et al., "Towards Deep Learning Models
+  Resistant to Adversarial Attacks", 2018), targeted, with early stop once the target wins
+  by ``margin`` logits. ``view`` puts a differentiable transformation between the image and
+  the model (the classifier's resize + crop; random JPEG / downscale views for
+  expectation over transformations, Athalye et al., "Synthesizing Robust Adversarial
+  Examples", 2018).
+- :func:`fool`: a user's photo -> the same photo, imperceptibly changed, that the model
+  calls ``target``; judged the way a user receives it (8-bit, through the real
+  preprocessing). See :mod:`training.fool` for the command line.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .jpeg import jpeg
+from .presets import crop_box, preprocess
+
+MAX_SIDE = 1024  # longest side fool() works at; larger uploads are downscaled first
+EPS_MIN, EPS_MAX = 1 / 255, 32 / 255  # below one grey level nothing survives 8-bit rounding
+DEFAULT_STEPS = 50
+DEFAULT_ROBUST_STEPS = 150
+ROBUST_JPEG_QUALITIES = (75, 90)  # range of the differentiable JPEG views
+ROBUST_CHECK_QUALITY = 85  # the re-encoding a robust photo must survive
+
+Progress = Optional[Callable[[int, int], None]]
+
+
+def target_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Target logit minus the best other logit, per row (> 0: the target wins)."""
+    tgt = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float("-inf"))
+    return tgt - others.max(1).values
+
+
+def _as_targets(target, n: int, device) -> torch.Tensor:
+    t = torch.as_tensor(target, dtype=torch.long, device=device)
+    return t.expand(n).clone() if t.ndim == 0 else t
+
+
+def fgsm(model: torch.nn.Module, images: torch.Tensor, target, *, eps: float) -> torch.Tensor:
+    """Targeted FGSM: one step of size ``eps`` *down* the cross-entropy towards ``target``.
+
+    ``images``: ``[N, 3, H, W]`` in [0, 1]; ``target``: class index or ``[N]`` indices.
+    Returns new images with ``|adv - images|∞ <= eps``. Example::
+
+        adv = fgsm(model, x, target=0, eps=4 / 255)
+    """
+    return pgd(model, images, target, eps=eps, alpha=eps, steps=1, margin=None)
+
+
+def pgd(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    target,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    margin: float | None = 0.0,
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    accept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    random_start: bool = False,
+    progress: Progress = None,
+) -> torch.Tensor:
+    """Targeted L∞ PGD: minimize cross-entropy to ``target`` within ``eps`` of ``images``.
+
+    ``images``: ``[N, 3, H, W]`` in [0, 1] (any size if ``view`` maps it to the model's
+    input); ``target``: class index or ``[N]`` indices; ``alpha``: step size (default
+    ``eps / 4``). ``view(x)`` returns the model input for ``x`` — ``[N*K, 3, h, w]`` for
+    ``K`` views per image, averaged in the loss. Image ``i`` stops changing once the target
+    wins every view by ``margin`` logits (``None``: never stop early) and, if given,
+    ``accept(adv_i, i)`` agrees — use it to check what the user will really get (8-bit
+    rounding, the real resize) and keep going when that breaks the attack.
+    ``progress(step, steps)`` is called after each step. Returns ``adv`` with
+    ``|adv - images|∞ <= eps``; ``images`` is not modified. Example::
+
+        adv = pgd(model, x, target=0, eps=2 / 255, alpha=0.5 / 255, steps=20, margin=3.0)
+    """
+    if eps < 0 or steps < 1:
+        raise ValueError(f"need eps >= 0 and steps >= 1, got eps={eps}, steps={steps}")
+    alpha = eps / 4 if alpha is None else alpha
+    images = images.detach()
+    n = images.shape[0]
+    target = _as_targets(target, n, images.device)
+    view = view or (lambda x: x)
+    was_training = model.training
+    model.eval()  # batch-norm statistics and dropout must not move while we attack
+    try:
+        adv = images.clone()
+        if random_start:
+            adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
+        active = torch.ones(n, dtype=torch.bool, device=images.device)
+        for step in range(1, steps + 1):
+            adv.requires_grad_(True)
+            logits = model(view(adv))
+            k = logits.shape[0] // n
+            tgt = target.repeat_interleave(k)
+            if margin is not None:
+                won = (target_margin(logits.detach(), tgt) >= margin).view(n, k).all(1) & active
+                for i in won.nonzero()[:, 0].tolist():
+                    if accept is None or bool(accept(adv[i : i + 1].detach(), i)):
+                        active[i] = False
+                if not active.any():
+                    break
+            loss = F.cross_entropy(logits, tgt, reduction="sum") / k
+            (grad,) = torch.autograd.grad(loss, adv)
+            with torch.no_grad():
+                step_ = alpha * grad.sign() * active.view(n, 1, 1, 1)
+                adv = adv.detach() - step_
+                adv = torch.min(torch.max(adv, images - eps), images + eps).clamp(0, 1)
+            if progress is not None:
+                progress(step, steps)
+        return adv.detach()
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------- the real pipeline ---
+
+
+def classifier_view(height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eval preprocessing as a differentiable map ``[N, 3, height, width] -> [N, 3, 224, 224]``.
+
+    Same geometry as :func:`training.presets.resize_and_crop` (``crop_box``); torch's
+    antialiased bilinear resize matches Pillow's ``BILINEAR`` to within Pillow's own 8-bit
+    rounding (< 1 grey level), so gradients point where the real pipeline goes.
+    """
+    new_w, new_h, left, top = crop_box(width, height)
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        if (new_w, new_h) != (x.shape[-1], x.shape[-2]):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        return x[..., top : top + 224, left : left + 224]
+
+    return view
+
+
+def robust_view(height: int, width: int, views: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Expectation over transformations a re-shared photo goes through, then the classifier.
+
+    Each call draws ``views`` versions of every image: as is, JPEG (quality 75-90, the
+    differentiable approximation), downscaled to 45-60% (what chat apps and "save for
+    web" do), and downscaled then JPEG'd; each then goes through :func:`classifier_view`.
+    """
+    lo_q, hi_q = ROBUST_JPEG_QUALITIES
+
+    def down(x: torch.Tensor) -> torch.Tensor:
+        s = float(np.random.uniform(0.45, 0.6))
+        h, w = max(8, round(height * s)), max(8, round(width * s))
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        return classifier_view(h, w)(x)
+
+    full = classifier_view(height, width)
+    kinds = [
+        lambda x: full(x),
+        lambda x: full(jpeg(x, float(np.random.uniform(lo_q, hi_q)))),
+        lambda x: down(x),
+        lambda x: down(jpeg(x, float(np.random.uniform(lo_q, hi_q)))),
+    ]
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        out = [kinds[j % len(kinds)](x) for j in range(views)]
+        return torch.stack(out, 1).flatten(0, 1)  # [N*K, 3, 224, 224], image-major
+
+    return view
+
+
+def reshare(image: Image.Image, how: str) -> Image.Image:
+    """What a re-shared photo looks like: ``"png"`` (lossless), ``"jpeg"`` (quality 85),
+    ``"half"`` (downscaled to 50%, Pillow bilinear)."""
+    if how == "png":
+        return image
+    if how == "jpeg":
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=ROBUST_CHECK_QUALITY)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if how == "half":
+        return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.BILINEAR)
+    raise ValueError(f"unknown re-share {how!r}; choose png, jpeg or half")
+
+
+# --------------------------------------------------------------------------- fool() ---
+
+
+@dataclass
+class FoolResult:
+    """What /fool-me hands back. Probabilities are from the 8-bit images, real preprocessing."""
+
+    image: Image.Image  # 8-bit RGB, same size as the input (unless it was capped)
+    source: tuple[str, float]  # top label and probability before
+    result: tuple[str, float]  # top label and probability of the returned image
+    linf: float  # max |adv - input| in [0, 1] units, measured on the 8-bit images
+    steps: int
+    seconds: float
+    success: bool  # result label == target (robust: also after JPEG q85 and a 50% downscale)
+    resized_from: tuple[int, int] | None = None  # original (width, height) if it was capped
+    reshared: dict[str, tuple[str, float]] = field(default_factory=dict)  # robust checks
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)[None]
+
+
+@torch.inference_mode()
+def _predict(model: torch.nn.Module, images: list[Image.Image]) -> torch.Tensor:
+    """Logits of 8-bit PIL images through the one real preprocessing."""
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.stack([preprocess(im) for im in images])).to(device)
+    return model(x).float().cpu()
+
+
+def check_eps(eps: float) -> float:
+    """Validate an L∞ budget; returns it as a float."""
+    eps = float(eps)
+    if not math.isfinite(eps) or not EPS_MIN - 1e-9 <= eps <= EPS_MAX + 1e-9:
+        raise ValueError(
+            f"eps must be between 1/255 ({EPS_MIN:.4f}) and 32/255 ({EPS_MAX:.4f}), got {eps:.4g}: "
+            "below one grey level nothing survives saving as an 8-bit image, above 32/255 the change is plain to see."
+        )
+    return eps
+
+
+def fool(
+    model: torch.nn.Module,
+    labels: list[str],
+    image,
+    target: str,
+    *,
+    eps: float = 2 / 255,
+    steps: int | None = None,
+    robust: bool = False,
+    max_side: int = MAX_SIDE,
+    margin: float = 3.0,
+    progress: Progress = None,
+) -> FoolResult:
+    """Change ``image`` by at most ``eps`` per pixel so that ``model`` calls it ``target``.
+
+    ``image``: a PIL image (or a path / bytes, decoded by :func:`export.images.load_image`).
+    Uploads longer than ``max_side`` pixels are first downscaled to it (``resized_from``
+    says so); otherwise the returned 8-bit image has exactly the input's width×height and
+    differs from it by at most ``floor(eps·255)`` grey levels. The perturbation is
+    optimized through the classifier's own resize + center crop, and success is checked
+    on the rounded 8-bit image through the real preprocessing; if rounding breaks it, the
+    attack keeps going. ``robust=True`` optimizes over JPEG re-encoding and downscaling
+    as well and only stops when the photo also fools after JPEG quality 85 and a 50%
+    downscale (use a larger eps, e.g. 8/255). ``margin``: how many logits the target must
+    win by (3 ≈ 95% for two classes). Unknown ``target`` or ``eps`` out of range:
+    ``ValueError``; unusable image: ``export.images.ImageError``.
+    """
+    from export.images import load_image
+
+    if target not in labels:
+        raise ValueError(f"unknown target {target!r}; this model knows: {', '.join(labels)}")
+    eps = check_eps(eps)
+    steps = steps if steps is not None else (DEFAULT_ROBUST_STEPS if robust else DEFAULT_STEPS)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if max_side < 32:
+        raise ValueError(f"max_side must be at least 32 pixels, got {max_side}")
+    start = time.perf_counter()
+    image = load_image(image)
+    resized_from = None
+    if max(image.size) > max_side:
+        resized_from = image.size
+        s = max_side / max(image.size)
+        image = image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.LANCZOS)
+
+    device = next(model.parameters()).device
+    t = labels.index(target)
+    x8 = np.asarray(image, dtype=np.uint8)
+    x = _to_tensor(image).to(device)
+    levels = int(math.floor(eps * 255 + 1e-6))  # the budget in whole grey levels
+    checks = ("png", "jpeg", "half") if robust else ("png",)
+
+    def to_8bit(adv: torch.Tensor) -> Image.Image:
+        q = np.rint(adv[0].detach().cpu().numpy().transpose(1, 2, 0) * 255.0).astype(np.int16)
+        q = np.clip(q, x8.astype(np.int16) - levels, x8.astype(np.int16) + levels)
+        return Image.fromarray(np.clip(q, 0, 255).astype(np.uint8), "RGB")
+
+    def judge(img: Image.Image) -> dict[str, torch.Tensor]:
+        logits = _predict(model, [reshare(img, how) for how in checks])
+        return dict(zip(checks, logits))
+
+    best = {"score": -math.inf, "image": None, "judged": None}
+
+    def accept(adv: torch.Tensor, _i: int) -> bool:
+        img = to_8bit(adv)
+        judged = judge(img)
+        margins = [float(target_margin(lg[None], torch.tensor([t]))[0]) for lg in judged.values()]
+        score = min(margins)
+        if score > best["score"]:
+            best.update(score=score, image=img, judged=judged)
+        # Robust mode: every re-shared version must at least flip; the lossless one by margin.
+        return margins[0] >= margin and score >= (margin / 3 if robust else margin)
+
+    source_logits = _predict(model, [image])[0]
+    done_steps = 0
+
+    def count(step: int, total: int) -> None:
+        nonlocal done_steps
+        done_steps = step
+        if progress is not None:
+            progress(step, total)
+
+    view = robust_view(image.height, image.width) if robust else classifier_view(image.height, image.width)
+    alpha = max(eps / 8, 0.25 / 255) if not robust else eps / 10
+    adv = pgd(model, x, t, eps=eps, alpha=alpha, steps=steps, margin=margin, view=view, accept=accept, progress=count)
+    final = to_8bit(adv)
+    judged = judge(final)
+    final_score = min(float(target_margin(lg[None], torch.tensor([t]))[0]) for lg in judged.values())
+    if best["image"] is not None and best["score"] > final_score:
+        final, judged = best["image"], best["judged"]
+
+    def top(logits: torch.Tensor) -> tuple[str, float]:
+        p = logits.softmax(-1)
+        return labels[int(p.argmax())], float(p.max())
+
+    reshared = {how: top(lg) for how, lg in judged.items()}
+    result = reshared["png"]
+    linf = float(np.abs(np.asarray(final, dtype=np.int16) - x8.astype(np.int16)).max()) / 255.0
+    return FoolResult(
+        image=final,
+        source=top(source_logits),
+        result=result,
+        linf=linf,
+        steps=done_steps,
+        seconds=time.perf_counter() - start,
+        success=all(lab == target for lab, _ in reshared.values()),
+        resized_from=resized_from,
+        reshared=reshared if robust else {},
+    )
