@@ -400,6 +400,12 @@ def build_demo(
             fool_summary = gr.Markdown(label="summary", show_label=False)
             if photos:
                 gr.Examples(photos, inputs=fool_in, label="Example photos")
+            # The "before" label as soon as a photo is in: the visitor sees what they start from.
+            fool_in.change(
+                _bind(classify, classifier=classifier), fool_in, fool_before, api_visibility="private",
+                preprocess=False, concurrency_limit=classify_concurrency, concurrency_id="classify",
+                show_progress="minimal",
+            )
             fool_btn.click(
                 _bind(fool_me, classifier=classifier, model=model, labels=labels, steps=fool_steps),
                 [fool_in, target, strength, robust], [fool_out, fool_before, fool_after, fool_summary, fool_file],

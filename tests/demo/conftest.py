@@ -29,10 +29,16 @@ FOOL_STEPS = 20  # the tiny model flips in a few steps; keeps the heavy calls sh
 IDEAL_STEPS = 6
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    return _free_port()
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +97,7 @@ def demo_url(demo_models, demo_examples) -> str:
     classifier, model, labels = demo_models
     app = build_demo(classifier, model, labels, examples=demo_examples, fool_steps=FOOL_STEPS,
                      ideal_steps=IDEAL_STEPS, ideal_size=96)
-    _, url, _ = launch(app, host="127.0.0.1", port=free_port(), examples=demo_examples,
+    _, url, _ = launch(app, host="127.0.0.1", port=_free_port(), examples=demo_examples,
                        prevent_thread_lock=True, quiet=True)
     yield url.rstrip("/")
     app.close()

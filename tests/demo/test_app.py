@@ -61,8 +61,11 @@ def test_fool_me_fools_the_onnx_model(client, photos, demo_models):
     assert np.array_equal(np.asarray(Image.open(adv_path).convert("RGB")), np.asarray(png.convert("RGB")))
 
 
-def test_ideal_image_forms(client):
-    image_path, download = client.predict("dog", 3, api_name="/ideal")
+def test_ideal_image_forms_with_previews(client):
+    job = client.submit("dog", 3, api_name="/ideal")
+    image_path, download = job.result(timeout=120)
+    steps = job.outputs()  # everything the generator streamed: previews, then the final image
+    assert len(steps) >= 3 and all(out[1] is None for out in steps[:-1])  # no download before the end
     img = Image.open(download)
     assert img.format == "PNG" and img.size == (96, 96) and img.mode == "RGB"
     assert np.asarray(img).std() > 1  # an image, not a blank
