@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import re
+import signal
 import sys
 
 from . import config
@@ -73,6 +74,11 @@ async def serve(settings: config.Settings) -> None:
     handlers = Handlers(settings)
     try:
         async with PetBot(handlers, settings) as bot:
+            try:  # `systemctl stop` sends SIGTERM: log out cleanly instead of dying mid-reply
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(bot.close()))
+            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+                pass
             await bot.start(settings.token)
     finally:
         handlers.close()

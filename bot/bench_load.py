@@ -20,7 +20,6 @@ import io
 import json
 import mimetypes
 import random
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -136,7 +135,7 @@ async def run_load(handlers: Handlers, photos: list[tuple[str, bytes]], *, class
     ok = {"classify": 0, "fool-me": 0}
     busy = errors = answered = 0
     acks = []
-    for (kind, it, _), result in zip(jobs, results):
+    for (kind, it, _), result in zip(jobs, results, strict=True):
         if isinstance(result, Exception) or not it.sent:
             errors += 1
             continue
@@ -167,7 +166,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                  "prints event-loop stall, latencies and busy replies.")
     config.add_model_arguments(parser)
     config.add_service_arguments(parser)
-    parser.add_argument("--classify", type=int, default=100, help="concurrent /classify interactions (default %(default)s)")
+    parser.add_argument("--classify", type=int, default=100,
+                        help="concurrent /classify interactions (default %(default)s)")
     parser.add_argument("--fool", type=int, default=10, help="concurrent /fool-me interactions (default %(default)s)")
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of photos to send (default: generated 640×480 PNGs)")

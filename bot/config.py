@@ -93,7 +93,8 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds a user waits between heavy commands (env PETLENS_COOLDOWN; default %(default)s)")
     g.add_argument("--classify-cooldown", type=float,
                    default=_env("PETLENS_CLASSIFY_COOLDOWN", Settings.classify_cooldown_s),
-                   help="seconds a user waits between /classify calls (env PETLENS_CLASSIFY_COOLDOWN; default %(default)s)")
+                   help="seconds a user waits between /classify calls "
+                        "(env PETLENS_CLASSIFY_COOLDOWN; default %(default)s)")
     g.add_argument("--pool", choices=("thread", "process"), default=_env("PETLENS_POOL", Settings.pool),
                    help="run the compute in threads (shared models, torch and onnxruntime release the GIL) "
                         "or in processes (env PETLENS_POOL; default %(default)s)")
