@@ -89,3 +89,14 @@ def tiny_checkpoint(tmp_path_factory, synthetic_data) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
     save_checkpoint(path, model, LABELS, metrics={"train_accuracy": acc})
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_checkpoint, synthetic_data) -> Path:
+    """``tiny_checkpoint`` exported by ``export.convert.export_onnx`` (fp32, dynamic batch,
+    labels in metadata), already checked against torch on the synthetic val photos."""
+    from export.convert import export_onnx
+
+    path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
+    export_onnx(tiny_checkpoint, path, verify_images=synthetic_data / "val", n_verify=8)
+    return path

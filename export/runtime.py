@@ -1,0 +1,239 @@
+"""The one onnxruntime loader: :class:`Classifier` serves every prediction in the product.
+
+One ``InferenceSession`` per model file, created once and shared (``run`` is thread-safe).
+Providers: CUDA when onnxruntime has the CUDA provider *and* the machine has a usable
+NVIDIA device, else CPU; TensorRT only when asked for explicitly. On a CPU-only machine
+with ``onnxruntime-gpu`` installed this means no CUDA provider is ever requested, so no
+"Failed to load libcublasLt" errors are logged.
+
+Example::
+
+    from export.runtime import Classifier
+    clf = Classifier.load("models/catsdogs.onnx")
+    clf.predict("photo.jpg")            # [("cat", 0.97), ("dog", 0.03)]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from training.presets import CROP_SIZE, RESIZE_SIZE, preprocess
+
+from .images import ImageError, ImageSource, load_image
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+MAX_BATCH = 256  # predict_batch runs bigger lists in chunks of this many
+
+
+class ModelError(ValueError):
+    """A model file that cannot be served; the message says what is wrong."""
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """NVIDIA devices the driver reports, asked of ``libcuda`` directly (no torch import).
+
+    0 when there is no driver library or no device, which is how a CPU machine with
+    ``onnxruntime-gpu`` installed is told apart from a GPU machine.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return 0
+    count = ctypes.c_int(0)
+    try:
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+    except AttributeError:
+        return 0
+    return count.value
+
+
+def default_providers() -> list[str]:
+    """CUDA -> CPU when both onnxruntime and the machine can do CUDA, else CPU alone."""
+    if CUDA in ort.get_available_providers() and cuda_device_count() > 0:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def _prepare_cuda() -> None:
+    # onnxruntime-gpu finds cuDNN/cuBLAS from the pip `nvidia-*` wheels (or torch) only
+    # after preload_dlls; best effort, since a system CUDA install works without it.
+    try:
+        ort.preload_dlls()
+    except Exception:
+        pass
+
+
+def default_threads() -> int:
+    """Intra-op threads: the CPUs this process may use (cgroup affinity), at most 8 --
+    beyond that a small CNN at batch 1 gains nothing and starves the web server."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options for a long-lived server session."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain; parallel mode only adds threads
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    # Spinning threads burn whole cores between requests; a bot or demo is idle most of
+    # the time and shares the machine with its web server.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3  # errors only: node-placement notes are not for users
+    return so
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Classifier:
+    """An ONNX pet classifier with its labels and preprocessing.
+
+    Use :meth:`load`. Attributes: ``labels``, ``metadata`` (the file's metadata_props),
+    ``image_size``, ``providers`` (what the session actually runs on), ``session``.
+    """
+
+    def __init__(self, session: ort.InferenceSession, labels: list[str], metadata: dict[str, str], path: Path | None = None):
+        self.session = session
+        self.path = path
+        self.metadata = metadata
+        self.labels = labels
+        self.providers = session.get_providers()
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        outputs = [o.name for o in session.get_outputs()]
+        # Prefer the in-graph softmax; a logits-only model (exported elsewhere) still works.
+        self._output = "probabilities" if "probabilities" in outputs else outputs[0]
+        self._apply_softmax = self._output != "probabilities"
+        size = metadata.get("image_size") or (inp.shape[-1] if isinstance(inp.shape[-1], int) else CROP_SIZE)
+        self.image_size = int(size)
+        self.resize_size = int(metadata.get("resize_size") or round(self.image_size * RESIZE_SIZE / CROP_SIZE))
+        self._on_cuda = self.providers[0] in (CUDA, TENSORRT)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None) -> "Classifier":
+        """Open ``path`` (an ONNX file exported by ``python -m export``).
+
+        ``providers``: onnxruntime execution providers in order of preference; default
+        CUDA -> CPU when a GPU is usable, else CPU. Pass e.g.
+        ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``
+        for TensorRT. ``threads``: intra-op threads (default: usable CPUs, at most 8).
+        Raises :class:`ModelError` for a missing or unreadable file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model not found: {path}. Export one with `python -m export --checkpoint C --out {path.name}`.")
+        providers = list(providers) if providers else default_providers()
+        unknown = [p for p in providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise ModelError(
+                f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime; "
+                f"available: {', '.join(ort.get_available_providers())}"
+            )
+        if any(p in (CUDA, TENSORRT) for p in providers):
+            _prepare_cuda()
+        try:
+            session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path} is not an ONNX model onnxruntime can run ({str(exc).splitlines()[0][:200]})") from exc
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        n_out = session.get_outputs()[0].shape[-1]
+        try:
+            labels = [str(label) for label in json.loads(meta["labels"])]
+        except (KeyError, ValueError, TypeError):
+            # Exported elsewhere: serve it with numbered classes rather than refuse.
+            labels = [f"class_{i}" for i in range(n_out if isinstance(n_out, int) else 0)]
+        if isinstance(n_out, int) and len(labels) != n_out:
+            raise ModelError(f"{path}: metadata lists {len(labels)} labels but the model has {n_out} outputs")
+        return cls(session, labels, meta, path)
+
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        """Decode (safely, see :func:`export.images.load_image`) and preprocess one image to
+        float32 ``[3, S, S]`` in [0, 1]. Raises :class:`~export.images.ImageError`."""
+        img = load_image(image, min_side=self.resize_size)
+        return preprocess(img, self.resize_size, self.image_size)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, C]`` for a preprocessed float32 batch ``[N, 3, S, S]``."""
+        batch = np.asarray(batch)
+        want = (3, self.image_size, self.image_size)
+        if batch.ndim != 4 or batch.shape[1:] != want:
+            raise ValueError(f"expected a batch of shape [N, {', '.join(map(str, want))}], got {list(batch.shape)}")
+        if len(batch) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._on_cuda:
+            out = self._run_bound(batch)
+        else:
+            out = self.session.run([self._output], {self.input_name: batch})[0]
+        return softmax(out) if self._apply_softmax else out
+
+    def _run_bound(self, batch: np.ndarray) -> np.ndarray:
+        """IO binding on CUDA: one host->device copy of the whole batch, the output
+        allocated on the device and copied back once, no intermediate staging copies."""
+        binding = self.session.io_binding()  # per call: bindings are not thread-safe
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+        binding.bind_output(self._output, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _top(self, probs: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        return [(self.labels[i], float(probs[i])) for i in order]
+
+    def _check_top_k(self, top_k: int) -> int:
+        if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        return min(int(top_k), len(self.labels))
+
+    def predict(self, image: ImageSource, top_k: int = 3) -> list[tuple[str, float]]:
+        """``[(label, probability), ...]`` for one image (path, bytes, file object or PIL
+        image), most probable first. Unusable input raises an ``ImageError`` (a
+        ``ValueError``) whose message can be shown to the user."""
+        top_k = self._check_top_k(top_k)
+        probs = self.probabilities(self.preprocess(image)[None])[0]
+        return self._top(probs, top_k)
+
+    def predict_batch(self, images: Sequence[ImageSource], top_k: int = 3) -> list[list[tuple[str, float]]]:
+        """:meth:`predict` for many images, run as batches; any unusable image raises
+        its ``ImageError`` (with the position in the list prepended)."""
+        top_k = self._check_top_k(top_k)
+        results: list[list[tuple[str, float]]] = []
+        for start in range(0, len(images), MAX_BATCH):
+            chunk = []
+            for i, image in enumerate(images[start : start + MAX_BATCH], start):
+                try:
+                    chunk.append(self.preprocess(image))
+                except ImageError as exc:
+                    raise type(exc)(f"image {i + 1} of {len(images)}: {exc}") from exc
+            probs = self.probabilities(np.stack(chunk))
+            results.extend(self._top(p, top_k) for p in probs)
+        return results
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.path}, labels={self.labels}, providers={self.providers})"

@@ -1,0 +1,190 @@
+"""ONNX export: torch parity on generated photos, dynamic batch, metadata, int8, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.convert import ExportError, export_onnx, verify
+from export.runtime import Classifier
+from tests.conftest import LABELS, synthetic_photo
+from training import load_checkpoint
+from training.presets import preprocess
+
+
+@pytest.fixture(scope="module")
+def fresh_photos():
+    """Photos neither the fit nor the export check has seen, in odd sizes and aspects."""
+    sizes = [(160, 128), (97, 301), (640, 480), (224, 224), (333, 250), (128, 512)]
+    return [synthetic_photo(LABELS[i % 2], 5000 + i, sizes[i]) for i in range(len(sizes))]
+
+
+def test_onnx_matches_torch_within_1e4(tiny_checkpoint, tiny_onnx, fresh_photos):
+    model, _ = load_checkpoint(tiny_checkpoint)
+    batch = np.stack([preprocess(im) for im in fresh_photos])
+    with torch.inference_mode():
+        ref = torch.softmax(model(torch.from_numpy(batch)), 1).numpy()
+    got = Classifier.load(tiny_onnx).probabilities(batch)
+    assert got.shape == ref.shape == (len(fresh_photos), len(LABELS))
+    assert np.abs(got - ref).max() <= 1e-4
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    # verify() (what the exporter runs) agrees: it also runs each image on its own.
+    assert verify(tiny_checkpoint, tiny_onnx, fresh_photos) <= 1e-4
+
+
+def test_batch_axis_is_dynamic(tiny_onnx, fresh_photos):
+    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    assert inp.name == "image" and inp.type == "tensor(float)"
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 224, 224]
+    assert [o.name for o in sess.get_outputs()] == ["logits", "probabilities"]
+    batch = np.stack([preprocess(im) for im in fresh_photos])
+    full = sess.run(["probabilities"], {"image": batch})[0]
+    for n in (1, 2, 5):
+        logits, probs = sess.run(None, {"image": batch[:n]})
+        assert probs.shape == logits.shape == (n, len(LABELS))
+        np.testing.assert_allclose(probs, full[:n], atol=1e-6)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), atol=1e-6)
+
+
+def test_metadata_describes_the_model(tiny_checkpoint, tiny_onnx):
+    proto = onnx.load(str(tiny_onnx))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["labels"]) == LABELS
+    assert meta["arch"] == "mobilenet_v3_small" and meta["image_size"] == "224" and meta["resize_size"] == "256"
+    assert meta["precision"] == "fp32" and meta["format"] == "petlens-onnx/1"
+    assert meta["source_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert float(meta["train_accuracy"]) > 0.9 and "train_accuracy" in json.loads(meta["metrics"])
+    assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 18
+    onnx.checker.check_model(proto, full_check=True)
+    # Normalization is in the graph: the ImageNet mean appears as a constant.
+    consts = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.dims and np.prod(t.dims) == 3]
+    assert any(np.allclose(c.ravel(), [0.485, 0.456, 0.406], atol=1e-6) for c in consts)
+
+
+def test_int8_runs_and_mostly_agrees(tiny_onnx, tiny_int8, val_photos):
+    fp32, int8 = Classifier.load(tiny_onnx), Classifier.load(tiny_int8)
+    assert int8.labels == LABELS and int8.metadata["precision"] == "int8"
+    assert json.loads(int8.metadata["quantization"])["per_channel"] is True
+    ops = {n.op_type for n in onnx.load(str(tiny_int8)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantized (QDQ)
+    batch = np.stack([fp32.preprocess(f) for f, _ in val_photos])
+    p32, p8 = fp32.probabilities(batch), int8.probabilities(batch)
+    assert p8.shape == p32.shape and np.allclose(p8.sum(1), 1, atol=1e-5)
+    assert (p8.argmax(1) == p32.argmax(1)).mean() >= 0.9
+    truth = np.array([LABELS.index(label) for _, label in val_photos])
+    assert (p8.argmax(1) == truth).mean() >= 0.85
+    assert tiny_int8.stat().st_size < 0.5 * tiny_onnx.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def calibrated_checkpoint(tmp_path_factory, fresh_photos):
+    """A random mobilenet_v3_small whose BatchNorm statistics were measured on photos, so
+    activations have unit scale (the tiny fixture's decay to ~1e-7, below float16's range)."""
+    from training import build_model, save_checkpoint
+
+    torch.manual_seed(1)
+    model = build_model("mobilenet_v3_small", len(LABELS))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(np.stack([preprocess(synthetic_photo(LABELS[i % 2], 9000 + i)) for i in range(16)])))
+    path = tmp_path_factory.mktemp("calibrated") / "calibrated.pt"
+    save_checkpoint(path, model.eval(), LABELS)
+    return path
+
+
+@pytest.mark.slow
+def test_fp16_export_stays_close_and_keeps_float32_io(calibrated_checkpoint, tmp_path, fresh_photos):
+    out = tmp_path / "half.onnx"
+    half = export_onnx(calibrated_checkpoint, out, verify_images=fresh_photos, fp16=True)
+    assert half.metadata["precision"] == "fp16" and 0 < half.max_abs_diff <= 1e-2
+    proto = onnx.load(str(out))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    # Against the float32 model, not just torch-in-fp16: the answer is the same photo's.
+    clf16 = Classifier.load(out)
+    batch = np.stack([preprocess(im) for im in fresh_photos])
+    model, _ = load_checkpoint(calibrated_checkpoint)
+    with torch.inference_mode():
+        ref32 = torch.softmax(model(torch.from_numpy(batch)), 1).numpy()
+    assert np.abs(clf16.probabilities(batch) - ref32).max() <= 2e-2
+    assert np.ptp(ref32[:, 0]) > 1e-3  # the photos really lead to different outputs
+
+
+@pytest.mark.slow
+def test_failed_parity_check_leaves_existing_model_untouched(calibrated_checkpoint, tmp_path, fresh_photos):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the previous, working model")
+    # fp16 cannot meet a 1e-7 tolerance: the check must refuse and keep the old file.
+    with pytest.raises(ExportError, match="disagrees with torch"):
+        export_onnx(calibrated_checkpoint, out, verify_images=fresh_photos[:2], fp16=True, tolerance=1e-7)
+    assert out.read_bytes() == b"the previous, working model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temp file left
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "make_args, phrase",
+    [
+        (lambda d: ["--checkpoint", str(d / "missing.pt"), "--out", str(d / "m.onnx")], "checkpoint not found"),
+        (lambda d: ["--checkpoint", str(d / "bad.pt"), "--out", str(d / "m.onnx")], "not a checkpoint"),
+        (lambda d: ["--checkpoint", str(d / "bad.pt")], "nothing to write"),
+        (lambda d: ["--checkpoint", str(d / "bad.pt"), "--out", str(d / "m.onnx"), "--int8"], "--calibration"),
+        (lambda d: ["--checkpoint", str(d / "bad.pt"), "--out", str(d / "m.onnx"), "--int8", "--calibration", str(d / "nope")], "not found"),
+    ],
+    ids=["missing", "not-a-checkpoint", "no-output", "int8-without-calibration", "missing-calibration"],
+)
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, make_args, phrase):
+    (tmp_path / "bad.pt").write_text("this is not a checkpoint")
+    from export.__main__ import get_args_parser, main
+
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(get_args_parser().parse_args(make_args(tmp_path)))
+    assert code != 0
+    assert phrase in err.getvalue() and "Traceback" not in err.getvalue()
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_missing_checkpoint_in_a_real_process(tmp_path):
+    proc = run_cli("--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert proc.returncode == 1
+    assert "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_exports_quantizes_and_writes_triton_repo(tiny_checkpoint, synthetic_data, tmp_path):
+    out = tmp_path / "models" / "pets.onnx"
+    proc = run_cli(
+        "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--verify", str(synthetic_data / "val"),
+        "--int8", "--calibration", str(synthetic_data / "train"), "--triton-repo", str(tmp_path / "triton"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "max prob diff" in proc.stdout and "real photos" in proc.stdout
+    int8 = out.with_name("pets-int8.onnx")
+    assert out.is_file() and int8.is_file()
+    assert (tmp_path / "triton" / "pets" / "1" / "model.onnx").read_bytes() == out.read_bytes()
+    clf = Classifier.load(int8)
+    photo = next((synthetic_data / "val" / "dog").iterdir())
+    assert clf.predict(photo, top_k=1)[0][0] == "dog"
