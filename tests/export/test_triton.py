@@ -1,0 +1,70 @@
+"""Triton model repository: layout, config contents, and a model that batches."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export.runtime import Classifier
+from export.triton import write_triton_repo
+from tests.conftest import LABELS
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_onnx, tmp_path_factory):
+    root = tmp_path_factory.mktemp("triton")
+    folder = write_triton_repo(tiny_onnx, root, name="pets", max_batch_size=16)
+    return root, folder
+
+
+def test_layout(repo, tiny_onnx):
+    root, folder = repo
+    assert folder == root / "pets"
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == ["pets/1/model.onnx", "pets/config.pbtxt", "pets/labels.txt"]
+    assert (folder / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (folder / "labels.txt").read_text().splitlines() == LABELS
+
+
+def test_config_contents(repo):
+    text = (repo[1] / "config.pbtxt").read_text()
+    assert re.search(r'^name: "pets"$', text, re.M)
+    assert re.search(r'^platform: "onnxruntime_onnx"$', text, re.M)
+    assert re.search(r"^max_batch_size: 16$", text, re.M)
+    # Dims leave out the batch axis, which Triton adds from max_batch_size.
+    assert re.search(r'name: "image"\s+data_type: TYPE_FP32\s+dims: \[ 3, 224, 224 \]', text)
+    assert re.search(r'name: "probabilities"\s+data_type: TYPE_FP32\s+dims: \[ 2 \]\s+label_filename: "labels.txt"', text)
+    assert re.search(r'name: "logits"\s+data_type: TYPE_FP32\s+dims: \[ 2 \]', text)
+    assert re.search(r"dynamic_batching \{\s+max_queue_delay_microseconds: \d+\s+\}", text)
+    assert text.count("{") == text.count("}") and text.count("[") == text.count("]")
+
+
+def test_config_parses_with_tritons_own_schema(repo):
+    """When tritonclient is installed, its ModelConfig protobuf must accept the file."""
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    cfg = text_format.Parse((repo[1] / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 16
+    assert list(cfg.input[0].dims) == [3, 224, 224]
+
+
+def test_repository_model_runs_with_batch_above_one(repo, tiny_onnx, val_photos):
+    model = repo[1] / "1" / "model.onnx"
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    clf = Classifier.load(tiny_onnx)
+    batch = np.stack([clf.preprocess(p) for p, _ in val_photos[:5]])
+    (probs,) = sess.run(["probabilities"], {"image": batch})
+    assert probs.shape == (5, 2)
+    np.testing.assert_allclose(probs, clf.probabilities(batch), atol=1e-6)
+
+
+def test_kind_and_bad_arguments(tiny_onnx, tmp_path):
+    folder = write_triton_repo(tiny_onnx, tmp_path, kind="gpu")
+    assert folder.name == "tiny" and "kind: KIND_GPU" in (folder / "config.pbtxt").read_text()
+    for kwargs, phrase in [({"name": "../evil"}, "letters, digits"), ({"max_batch_size": 0}, "max_batch_size"), ({"kind": "tpu"}, "instance kind")]:
+        with pytest.raises(ValueError, match=phrase):
+            write_triton_repo(tiny_onnx, tmp_path, **kwargs)
