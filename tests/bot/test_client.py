@@ -174,3 +174,21 @@ def test_error_handler_answers_privately_without_a_traceback(bot):
     it = FakeInteraction(command="classify")
     asyncio.run(bot.tree.on_error(it, app_commands.AppCommandError("boom")))
     assert it.answer.ephemeral and "failed on my side" in it.text and "boom" not in it.text
+
+
+def test_models_with_more_than_25_labels_get_autocomplete():
+    """Discord allows 25 fixed choices; an Oxford-IIIT Pet model (37 breeds) gets
+    autocomplete. Only the label list of the handlers is used to build the commands."""
+    from types import SimpleNamespace
+
+    from bot.config import Settings
+
+    labels = [f"breed_{i:02d}" for i in range(37)]
+    bot = PetBot(SimpleNamespace(labels=labels), Settings())
+    fool = bot.tree.get_command("fool-me")
+    option = next(o for o in fool.to_dict(bot.tree)["options"] if o["name"] == "target")
+    assert option.get("autocomplete") is True and not option.get("choices")
+    complete = fool._params["target"].autocomplete
+    found = asyncio.run(complete(FakeInteraction(), "_3"))
+    assert [c.value for c in found] == [f"breed_3{i}" for i in range(7)]
+    assert len(asyncio.run(complete(FakeInteraction(), ""))) == 25
