@@ -362,7 +362,10 @@ def build_demo(
     photos = list_examples(examples)
     heavy = dict(concurrency_id="torch", concurrency_limit=heavy_concurrency)
 
-    with gr.Blocks(title="PetLens: what does a CNN see in your pet?", delete_cache=(1800, 3600)) as app:
+    # No usage analytics: visitors' uploads are nobody else's business, and the app must
+    # not phone home (CI and many hosts have no outside network).
+    with gr.Blocks(title="PetLens: what does a CNN see in your pet?", delete_cache=(1800, 3600),
+                   analytics_enabled=False) as app:
         gr.Markdown(INTRO.format(labels=names, first=labels[0], arch=getattr(model, "arch", "a CNN"),
                                  accuracy=_accuracy_note(classifier.metadata)))
 

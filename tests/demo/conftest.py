@@ -42,19 +42,6 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def demo_onnx(request, tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint as ONNX (the shared ``tiny_onnx`` fixture when there is one)."""
-    try:
-        return Path(request.getfixturevalue("tiny_onnx"))
-    except pytest.FixtureLookupError:
-        from export.convert import export_onnx
-
-        out = tmp_path_factory.mktemp("demo-onnx") / "tiny.onnx"
-        export_onnx(tiny_checkpoint, out)
-        return out
-
-
-@pytest.fixture(scope="session")
 def make_photo():
     """``synthetic_photo(label, seed, size)`` from tests/conftest.py."""
     return synthetic_photo
@@ -80,13 +67,13 @@ def demo_examples(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_models(demo_onnx, tiny_checkpoint):
+def demo_models(tiny_onnx, tiny_checkpoint):
     """(Classifier, torch model, labels), loaded once like the app does."""
     from export.runtime import Classifier
     from training import load_checkpoint
 
     model, labels = load_checkpoint(tiny_checkpoint)
-    return Classifier.load(demo_onnx), model, labels
+    return Classifier.load(tiny_onnx), model, labels
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ def test_missing_model_file_is_a_clear_message(tmp_path, tiny_checkpoint, capsys
     assert "nope.onnx" in err and "python -m export" in err and "Traceback" not in err
 
 
-def test_missing_checkpoint_is_a_clear_message(tmp_path, demo_onnx, capsys):
-    code, err = run(["--model", str(demo_onnx), "--checkpoint", str(tmp_path / "nope.pt")], capsys)
+def test_missing_checkpoint_is_a_clear_message(tmp_path, tiny_onnx, capsys):
+    code, err = run(["--model", str(tiny_onnx), "--checkpoint", str(tmp_path / "nope.pt")], capsys)
     assert code == 2 and "nope.pt" in err and "not found" in err
 
 

@@ -85,10 +85,10 @@ def imported_top_level(importtime_log: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_space_folder_boots_like_a_space_and_covers_its_imports(tmp_path, demo_onnx, tiny_checkpoint, photos, free_port):
+def test_space_folder_boots_like_a_space_and_covers_its_imports(tmp_path, tiny_onnx, tiny_checkpoint, photos, free_port):
     from gradio_client import Client, handle_file
 
-    space = write_space(tmp_path / "space", model=demo_onnx, checkpoint=tiny_checkpoint, gpu=True)
+    space = write_space(tmp_path / "space", model=tiny_onnx, checkpoint=tiny_checkpoint, gpu=True)
     assert (space / "models" / "catsdogs.onnx").is_file() and (space / "demo" / "examples").is_dir()
     assert (space / "README.md").read_text().startswith("---\n")
     python = fresh_python(tmp_path / "venv")
