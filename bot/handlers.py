@@ -164,7 +164,8 @@ class Handlers:
         self.light_pool = self._new_pool("light_pool")
         self.heavy_pool = self._new_pool("heavy_pool")
         self.light = Limiter(settings.max_queued, settings.classify_cooldown_s, name="/classify", typical_s=0.5)
-        self.heavy = Limiter(settings.max_heavy, settings.cooldown_s, name="heavy commands", typical_s=10.0)
+        self.heavy = Limiter(settings.max_heavy, settings.cooldown_s, name="/fool-me, /ideal or /explain",
+                             typical_s=10.0)
 
     def _check_checkpoint(self, path: Path | None, verify: bool) -> tuple[str | None, str | None, dict]:
         """``(checkpoint, reason heavy commands are off, metrics)``; a checkpoint that was

@@ -51,7 +51,7 @@ class Limiter:
         now = self.clock()
         if user in self.busy_users:
             self.refused += 1
-            raise Refused(f"your previous {self.name} is still running; you will get its answer first.",
+            raise Refused(f"your previous {self.name} request is still running; you will get its answer first.",
                           self.typical_s)
         wait = self.last_end.get(user, -math.inf) + self.cooldown_s - now
         if wait > 0:
