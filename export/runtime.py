@@ -19,6 +19,7 @@ import ctypes
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -137,7 +138,8 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None) -> "Classifier":
-        """Open ``path`` (an ONNX file exported by ``python -m export``).
+        """Open ``path``: an ONNX file exported by ``python -m export``, or the URL of a model
+        on a Triton server (``http://host:8000/<model name>``, see :mod:`export.triton_client`).
 
         ``providers``: onnxruntime execution providers in order of preference; default
         CUDA -> CPU when a GPU is usable, else CPU. Pass e.g.
@@ -145,6 +147,11 @@ class Classifier:
         for TensorRT. ``threads``: intra-op threads (default: usable CPUs, at most 8).
         Raises :class:`ModelError` for a missing or unreadable file.
         """
+        url = re.sub(r"^(https?):/+", r"\1://", str(path))  # Path() collapses "//"
+        if url.startswith(("http://", "https://")):
+            from .triton_client import TritonClassifier
+
+            return TritonClassifier.connect(url)
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model not found: {path}. Export one with `python -m export --checkpoint C --out {path.name}`.")
@@ -186,12 +193,14 @@ class Classifier:
             raise ValueError(f"expected a batch of shape [N, {', '.join(map(str, want))}], got {list(batch.shape)}")
         if len(batch) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self._on_cuda:
-            out = self._run_bound(batch)
-        else:
-            out = self.session.run([self._output], {self.input_name: batch})[0]
+        out = self._infer(np.ascontiguousarray(batch, dtype=np.float32))
         return softmax(out) if self._apply_softmax else out
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """The model's chosen output for a validated float32 batch (subclasses: remote servers)."""
+        if self._on_cuda:
+            return self._run_bound(batch)
+        return self.session.run([self._output], {self.input_name: batch})[0]
 
     def _run_bound(self, batch: np.ndarray) -> np.ndarray:
         """IO binding on CUDA: one host->device copy of the whole batch, the output
