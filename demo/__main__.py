@@ -23,8 +23,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=None,
                         help="port to listen on (default: 7860 or the next free one, or GRADIO_SERVER_PORT if set)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="ONNX classifier used for every label the demo shows (default: models/catsdogs.onnx)")
+    parser.add_argument("--model", default=None,
+                        help="ONNX classifier used for every label the demo shows, or a Triton URL "
+                             "http://host:8000/<model> (default: models/catsdogs.onnx)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="the matching torch checkpoint, used by Fool me, Ideal image and Inside the network "
                              "(default: models/catsdogs.pt)")
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
             args.model, args.checkpoint, examples=args.examples, fool_steps=args.fool_steps,
             ideal_steps=args.ideal_steps, heavy_concurrency=args.heavy_concurrency, max_queue=args.max_queue,
         )
-    except (FileNotFoundError, ValueError) as exc:  # missing file, bad checkpoint/ONNX, label mismatch
+    except (OSError, ValueError, RuntimeError) as exc:  # missing file, bad model, Triton unreachable, label mismatch
         print(f"error: {exc}", file=sys.stderr)
         return 2
     launch(app, host=args.host, port=args.port, share=args.share, examples=args.examples)

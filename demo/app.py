@@ -14,7 +14,6 @@ Face Space does, ``python demo/app.py``.
 
 from __future__ import annotations
 
-import base64
 import functools
 import queue
 import shutil
@@ -98,17 +97,9 @@ def _photo(upload: Any, *, min_side: int) -> Image.Image:
     """
     if upload is None:
         raise gr.Error("Add a photo first: upload one, use the webcam or paste one.", title="No photo")
-    src = upload
-    if isinstance(upload, dict):
-        src = upload.get("path")
-        url = upload.get("url") or ""
-        if src is None and url.startswith("data:"):  # an inline image (older clients)
-            try:
-                src = base64.b64decode(url.split(",", 1)[1], validate=False)
-            except (IndexError, ValueError):
-                src = b""
-        if src is None:
-            raise gr.Error("The upload did not arrive; try again.", title="No photo")
+    src = upload.get("path") if isinstance(upload, dict) else upload
+    if src is None:
+        raise gr.Error("The upload did not arrive; try again.", title="No photo")
     try:
         return load_image(src, min_side=min_side)
     except ImageError as exc:
@@ -138,7 +129,7 @@ def _save_png(image: Image.Image, name: str) -> str:
 
 
 def _accuracy_note(metadata: dict[str, str]) -> str:
-    """" It gets 97% of held-out photos right." from the ONNX metadata, when it says."""
+    """A sentence on held-out accuracy from the ONNX metadata, or "" when it has none."""
     for key in ("val_accuracy", "accuracy"):
         try:
             return f" It gets {float(metadata[key]):.1%} of held-out photos right."
@@ -192,7 +183,7 @@ def fool_me(
     try:
         strength = float(strength)
     except (TypeError, ValueError):
-        raise gr.Error(f"Strength must be a number from 1 to {MAX_STRENGTH}.") from None
+        raise gr.Error(f"Strength must be a number of 1/255 steps, e.g. 2; got {strength!r}.") from None
     progress(0, desc="Looking for the smallest change")
     try:  # the attack checks the strength's range and says what is allowed
         result = fool(
@@ -477,11 +468,13 @@ def load_demo(
     model: str | Path | None = None, checkpoint: str | Path | None = None, **options: Any
 ) -> gr.Blocks:
     """Load the ONNX classifier and the torch checkpoint once and build the demo on them.
-    ``None`` means the shipped ``models/catsdogs.onnx`` / ``models/catsdogs.pt``."""
+    ``None`` means the shipped ``models/catsdogs.onnx`` / ``models/catsdogs.pt``; ``model``
+    may also be a Triton URL (``http://host:8000/<model>``, see ``export.runtime``)."""
     from export.runtime import Classifier
     from training import load_checkpoint
 
-    classifier = Classifier.load(resolve_model_file(model, DEFAULT_MODEL))
+    remote = model is not None and str(model).startswith(("http://", "https://"))  # a Triton server
+    classifier = Classifier.load(model if remote else resolve_model_file(model, DEFAULT_MODEL))
     torch_model, labels = load_checkpoint(resolve_model_file(checkpoint, DEFAULT_CHECKPOINT))
     return build_demo(classifier, torch_model, labels, **options)
 

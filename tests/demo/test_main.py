@@ -45,3 +45,9 @@ def test_a_file_that_is_not_a_model_is_a_clear_message(tmp_path, tiny_checkpoint
 def test_bad_options_are_refused_before_loading_anything(argv, word, capsys):
     code, err = run(argv, capsys)
     assert code == 2 and word in err
+
+
+def test_unreachable_triton_url_is_a_clear_message(tiny_checkpoint, capsys):
+    # Port 9 on loopback: nothing listens, the connection is refused at once.
+    code, err = run(["--model", "http://127.0.0.1:9/catsdogs", "--checkpoint", str(tiny_checkpoint)], capsys)
+    assert code == 2 and "Triton" in err and "Traceback" not in err
