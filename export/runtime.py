@@ -163,6 +163,8 @@ class Classifier:
                 f"available: {', '.join(ort.get_available_providers())}"
             )
         if any(p in (CUDA, TENSORRT) for p in providers):
+            if cuda_device_count() == 0:
+                raise ModelError(f"{', '.join(p for p in providers if p in (CUDA, TENSORRT))} requested, but no NVIDIA GPU is usable here")
             _prepare_cuda()
         try:
             session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)

@@ -124,6 +124,8 @@ def test_cpu_only_machine_gets_cpu_and_no_cuda_noise(tiny_onnx):
     if HAS_CUDA:
         pytest.skip("this machine has a usable CUDA device")
     assert default_providers() == [CPU]
+    with pytest.raises(ModelError, match="no NVIDIA GPU"):
+        Classifier.load(tiny_onnx, providers=[CUDA, CPU])
     code = textwrap.dedent(
         f"""
         import numpy as np
