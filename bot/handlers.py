@@ -163,6 +163,7 @@ class Handlers:
             settings.checkpoint, verify_checkpoint)
         self.light_pool = self._new_pool("light_pool")
         self.heavy_pool = self._new_pool("heavy_pool")
+        self._ideals: dict[str, work.IdealOutput] = {}  # label -> result (deterministic, small)
         self.light = Limiter(settings.max_queued, settings.classify_cooldown_s, name="/classify", typical_s=0.5)
         self.heavy = Limiter(settings.max_heavy, settings.cooldown_s, name="/fool-me, /ideal or /explain",
                              typical_s=10.0)
@@ -312,12 +313,17 @@ class Handlers:
             return Reply(False, str(exc), ephemeral=True)
 
         def render(out: work.IdealOutput, up: Upload | None) -> Reply:
+            self._ideals[out.label] = out
             text = (f"What the network imagines when it thinks **{out.label}**: starting from noise, "
                     f"the pixels were changed to make '{out.label}' as likely as possible. "
                     f"It judges the result **{out.judged[0]}** at {out.judged[1]:.1%}.")
             return Reply(True, text, [ReplyFile(f"ideal-{out.label}.png", out.png)],
                          title=f"The ideal {out.label}")
 
+        if label in self._ideals:
+            # Same model, label, seed and steps give the same picture: a repeat costs nothing
+            # and takes no heavy slot.
+            return render(self._ideals[label], None)
         return await self._serve("ideal", self.heavy, user, None, acknowledge, "heavy_pool",
                                  work.ideal, render, self.model_path, self.checkpoint, label,
                                  self.settings.ideal_steps)

@@ -139,6 +139,10 @@ def test_ideal_sends_an_image_the_onnx_model_judges(bot):
     (name, data), = it.answer.files
     assert name == "ideal-dog.png" and Image.open(io.BytesIO(data)).mode == "RGB"
     assert "judges the result" in it.text
+    # The picture is deterministic: a repeat is served from memory, without a heavy slot.
+    admitted = bot.handlers.heavy.admitted
+    again = run(bot, "ideal", label="Dog")
+    assert again.answer.files == it.answer.files and bot.handlers.heavy.admitted == admitted
 
 
 def test_heavy_commands_are_capped_and_cooled_down(make_handlers):
