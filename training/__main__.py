@@ -1,0 +1,213 @@
+"""Fine-tune an ImageNet CNN on a folder of pet photos.
+
+    python -m training --data DIR --out RUN [--arch mobilenet_v2] [--weights imagenet|none|PATH]
+                       [--mode head|finetune] [--epochs N] [--batch-size B] [--lr LR]
+                       [--device auto|cpu|cuda] [--seed S]
+
+writes ``RUN/model.pt`` (best epoch, self-describing checkpoint), ``RUN/metrics.json``,
+``RUN/curves.png`` and ``RUN/confusion.png``. Runs unchanged under
+``torchrun --nproc_per_node K python -m training ...`` (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .checkpoint import save_checkpoint
+from .data import Sample, Splits, check_classes, check_images, find_dataset, DatasetError
+from .distributed import DistInfo
+from .engine import Precision
+from .fit import DEFAULTS, FitResult, fit_finetune, fit_head
+from .model import ARCHS, build_model
+from .presets import CROP_SIZE
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Fine-tune an ImageNet CNN on pet photos.", add_help=add_help)
+    p.add_argument("--data", required=True, type=Path,
+                   help="photo folder: DIR/train/<class>/ (+ DIR/val/<class>/), DIR/<class>/, "
+                        "a PetImages folder (Cat/, Dog/) or an Oxford-IIIT Pet folder (images/)")
+    p.add_argument("--out", required=True, type=Path, help="run folder for model.pt, metrics.json and plots")
+    p.add_argument("--arch", default="mobilenet_v2", choices=ARCHS, help="torchvision backbone")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (torchvision download), none (random init) or PATH to a "
+                        "torchvision-layout state dict (the offline route)")
+    p.add_argument("--mode", default="head", choices=("head", "finetune"),
+                   help="head: frozen backbone, cached features, linear head (fast on CPU); "
+                        "finetune: late blocks + head on augmented images")
+    p.add_argument("--epochs", type=_positive(int), default=None,
+                   help=f"epochs (default: {DEFAULTS['head'][0]} head, {DEFAULTS['finetune'][0]} finetune)")
+    p.add_argument("--batch-size", type=_positive(int), default=32, help="images per batch and per process")
+    p.add_argument("--lr", type=_positive(float), default=None,
+                   help=f"head learning rate; the backbone gets a tenth (default {DEFAULTS['head'][1]:g})")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = CUDA when available (under torchrun: the GPU of LOCAL_RANK)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and data order")
+    # Knobs beyond the core contract, with defaults that suit most runs.
+    p.add_argument("--unfreeze", default="late", choices=("late", "all"),
+                   help="finetune: train the backbone's late blocks only, or all of it")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="held-out fraction per class when the data has no val/ split")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="image-decoding worker processes per training process")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                   help="mixed precision: auto = bf16 (or fp16) on CUDA, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (worth it on GPUs for long runs)")
+    return p
+
+
+def _check_images(splits: Splits, args, info: DistInfo) -> Splits:
+    """Drop unreadable files (each rank checks its shard), counting them, then re-check
+    that every class still has images."""
+    everything: list[Sample] = splits.train + splits.val
+    shard = distributed.ShardSampler(len(everything), info.rank, info.world_size).indices
+    _, bad = check_images([everything[i] for i in shard], workers=args.workers, progress=info.is_main)
+    bad = [b for part in distributed.all_gather_objects(bad) for b in part]
+    if bad:
+        unreadable = {path for path, _ in bad}
+        splits.train = [s for s in splits.train if s[0] not in unreadable]
+        splits.val = [s for s in splits.val if s[0] not in unreadable]
+        splits.skipped = bad
+    check_classes(splits.labels, splits.train, f"{args.data} (training set, after skipping unreadable files)")
+    if not splits.val:
+        raise DatasetError(f"no validation images in {args.data}; add a val/ folder or more photos per class")
+    return splits
+
+
+def _summary(splits: Splits) -> str:
+    tr, va = splits.counts("train"), splits.counts("val")
+    classes = ", ".join(f"{k} {tr[k]}/{va[k]}" for k in splits.labels[:10])
+    more = f", ... ({len(splits.labels)} classes)" if len(splits.labels) > 10 else ""
+    lines = [f"data: {splits.layout}, {len(splits.train)} train / {len(splits.val)} val images "
+             f"(val: {splits.val_source}); train/val per class: {classes}{more}"]
+    if splits.skipped:
+        lines.append(f"skipped {len(splits.skipped)} unreadable file(s), e.g. {splits.skipped[0][1]}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train as described by ``args`` (see :func:`get_args_parser`); returns the metrics
+    written to ``RUN/metrics.json``."""
+    info = distributed.setup(args.device)
+    try:
+        return _train(args, info)
+    finally:
+        distributed.cleanup()
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> dict:
+    start = time.perf_counter()
+    epochs, lr = DEFAULTS[args.mode]
+    args.epochs, args.lr = args.epochs or epochs, args.lr or lr
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    splits = _check_images(find_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed), args, info)
+    if info.is_main:
+        print(_summary(splits), flush=True)
+    model = build_model(args.arch, len(splits.labels), weights=args.weights)
+    model.to(info.device, memory_format=torch.channels_last)
+    precision = Precision.choose(info.device, args.amp)
+    if info.is_main:
+        print(f"model: {args.arch} ({args.weights}), mode {args.mode}, {args.epochs} epochs, lr {args.lr:g}, "
+              f"{info.world_size} x {info.device}, {precision.name}", flush=True)
+
+    fit = fit_head if args.mode == "head" else fit_finetune
+    result = fit(model, splits.train, splits.val, args, info, precision)
+    seconds = time.perf_counter() - start
+    metrics = _metrics(args, info, splits, result, seconds, precision)
+    if info.is_main:
+        _write_outputs(args.out, model, splits.labels, result, metrics)
+        print(f"best epoch {result.best_epoch}: val accuracy {metrics['val_accuracy']:.2%} "
+              f"({metrics['n_val']} images); {seconds:.0f}s in all -> {args.out / 'model.pt'}", flush=True)
+    distributed.barrier()  # no rank exits before the checkpoint is on disk
+    return metrics
+
+
+def _metrics(args, info: DistInfo, splits: Splits, result: FitResult, seconds: float, precision: Precision) -> dict:
+    val = result.best_val
+    cm = val["confusion"]
+    per_class = {lab: round(cm[i, i].item() / max(1, cm[i].sum().item()), 5) for i, lab in enumerate(splits.labels)}
+    train_seconds = sum(h["seconds"] for h in result.history)
+    return {
+        "val_accuracy": round(val["accuracy"], 5),
+        "val_loss": round(val["loss"], 5),
+        "n_val": val["n"],
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "labels": splits.labels,
+        "best_epoch": result.best_epoch,
+        "arch": args.arch,
+        "weights": str(args.weights) if args.weights in ("imagenet", "none") else Path(args.weights).name,
+        "mode": args.mode,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "label_smoothing": args.label_smoothing,
+        "unfreeze": args.unfreeze if args.mode == "finetune" else "none",
+        "seed": args.seed,
+        "data": {"layout": splits.layout, "val_source": splits.val_source, "n_train": len(splits.train),
+                 "n_val": len(splits.val), "skipped": len(splits.skipped),
+                 "skipped_examples": [f"{Path(p).name}: {why}" for p, why in splits.skipped[:5]]},
+        "device": info.device.type,
+        "world_size": info.world_size,
+        "precision": precision.name,
+        "seconds": round(seconds, 1),
+        "epoch_seconds": round(train_seconds, 1),
+        "history": result.history,
+    }
+
+
+def _write_outputs(out: Path, model, labels: list[str], result: FitResult, metrics: dict) -> None:
+    from .plots import plot_confusion, plot_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.load_state_dict(result.best_state)
+    model.to(memory_format=torch.contiguous_format)
+    keep = ("val_accuracy", "val_loss", "n_val", "per_class", "confusion", "best_epoch", "mode", "epochs", "seed")
+    save_checkpoint(out / "model.pt", model.cpu(), labels, image_size=CROP_SIZE,
+                    metrics={k: metrics[k] for k in keep} | {"data": metrics["data"]["layout"]})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    title = f"{metrics['arch']} {metrics['mode']}"
+    plot_curves(result.history, out / "curves.png", title=title)
+    plot_confusion(metrics["confusion"], labels, out / "confusion.png",
+                   title=f"{title}\nval accuracy {metrics['val_accuracy']:.1%} (n={metrics['n_val']})")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Console-script entry: errors a user can fix are one line on stderr, exit code 2."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, PermissionError, FloatingPointError) as exc:
+        # DatasetError, WeightsError (bad --weights file) and bad flag combinations land here.
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except torch.cuda.OutOfMemoryError:
+        print(f"error: the GPU ran out of memory; lower --batch-size (now {args.batch_size})", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,151 @@
+"""Score a trained model on a folder of labelled photos.
+
+    python -m training.evaluate --model models/catsdogs.pt --data DIR [--json]
+    python -m training.evaluate --model models/catsdogs.onnx --data DIR [--json]
+
+``DIR`` holds one folder per class (``DIR/cat/``, ``DIR/dog/``; folder names are matched to
+the model's labels ignoring case), or is a dataset root with a ``val/`` folder of those.
+``.pt`` runs in torch, ``.onnx`` in onnxruntime through :class:`export.runtime.Classifier`;
+both use the same decoding (:func:`export.images.load_image`) and the same preprocessing
+(:class:`training.presets.EvalPreset`). With ``--json`` the last stdout line is
+``{"accuracy": .., "n": .., "per_class": {label: accuracy}, ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import DatasetError, ImageDataset, check_images, scan_class_folders
+from .presets import EvalPreset
+
+Predict = Callable[[torch.Tensor], np.ndarray]  # [N,3,H,W] in [0,1] -> probabilities [N,C]
+
+
+def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predict, list[str]]:
+    """A batch -> probabilities function and the labels, for a ``.pt`` or ``.onnx`` model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.suffix == ".onnx":
+        from export.runtime import Classifier
+
+        clf = Classifier.load(path)
+        return (lambda x: clf.probabilities(x.numpy())), list(clf.labels)
+    if path.suffix != ".pt":
+        raise ValueError(f"--model must be a .pt checkpoint or an .onnx model, got {path.name}")
+    from .checkpoint import load_checkpoint
+    from .distributed import resolve_device
+
+    dev = resolve_device(device)
+    model, labels = load_checkpoint(path, dev)
+
+    @torch.inference_mode()
+    def predict(x: torch.Tensor) -> np.ndarray:
+        return torch.softmax(model(x.to(dev)).float(), 1).cpu().numpy()
+
+    return predict, labels
+
+
+def class_folder(data: str | Path) -> Path:
+    """``DIR`` itself, or ``DIR/val`` when ``DIR`` is a train/val dataset root."""
+    data = Path(data)
+    if not data.is_dir():
+        raise DatasetError(f"data folder not found: {data}")
+    return data / "val" if (data / "val").is_dir() else data
+
+
+def evaluate_model(
+    predict: Predict,
+    labels: list[str],
+    data: str | Path,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Accuracy, per-class accuracy and the confusion matrix of ``predict`` on ``data``.
+    Unreadable images are skipped and counted (``"skipped"``)."""
+    from tqdm.auto import tqdm
+
+    folder = class_folder(data)
+    _, samples = scan_class_folders(folder, labels)
+    samples, skipped = check_images(samples, workers=workers)
+    if not samples:
+        raise DatasetError(f"none of the images in {folder} could be read")
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, EvalPreset()), batch_size=batch_size,
+                                         num_workers=workers)
+    k = len(labels)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    for x, y in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        pred = predict(x).argmax(1)
+        np.add.at(confusion, (y.numpy(), pred), 1)
+    n = int(confusion.sum())
+    present = [i for i in range(k) if confusion[i].sum() > 0]
+    return {
+        "accuracy": round(float(np.trace(confusion)) / n, 5),
+        "n": n,
+        "per_class": {labels[i]: round(float(confusion[i, i] / confusion[i].sum()), 5) for i in present},
+        "labels": labels,
+        "confusion": confusion.tolist(),
+        "skipped": len(skipped),
+    }
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Score a .pt or .onnx model on labelled photos.", add_help=add_help)
+    p.add_argument("--model", required=True, type=Path, help="a checkpoint (.pt) or an exported model (.onnx)")
+    p.add_argument("--data", required=True, type=Path,
+                   help="a folder of class folders (DIR/cat/, DIR/dog/), or a dataset root with val/")
+    p.add_argument("--json", action="store_true", help="print one JSON line (accuracy, n, per_class) last")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device for .pt models")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image-decoding processes")
+    return p
+
+
+def _print_report(results: dict) -> None:
+    labels, cm = results["labels"], results["confusion"]
+    print(f"accuracy {results['accuracy']:.2%} on {results['n']} images"
+          + (f" ({results['skipped']} unreadable skipped)" if results["skipped"] else ""))
+    width = max(len(lab) for lab in labels)
+    for lab, acc in results["per_class"].items():
+        print(f"  {lab:<{width}}  {acc:.2%}")
+    if len(labels) <= 10:
+        print("confusion (rows true, columns predicted):")
+        print("  " + " " * width + "  " + " ".join(f"{lab[:6]:>6}" for lab in labels))
+        for lab, row in zip(labels, cm):
+            print(f"  {lab:<{width}}  " + " ".join(f"{v:>6}" for v in row))
+
+
+def main(args: argparse.Namespace) -> dict:
+    predict, labels = load_predictor(args.model, args.device)
+    results = evaluate_model(predict, labels, args.data, batch_size=args.batch_size,
+                             workers=args.workers, progress=not args.json)
+    # Further measurements (e.g. out-of-distribution scores) add keys to ``results`` here.
+    if args.json:
+        print(json.dumps(results))
+    else:
+        _print_report(results)
+    return results
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Console-script entry: a user's mistake is one line on stderr and exit code 2."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
