@@ -146,6 +146,8 @@ class PetBot(discord.Client):
     """The bot: its handlers arrive through the constructor, commands sync in setup_hook."""
 
     def __init__(self, handlers: Handlers, settings: Settings):
+        # This bot never joins voice: spare operators the "PyNaCl is not installed" warnings.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         # Slash commands need no privileged intent (not even message content).
         super().__init__(intents=discord.Intents.default())
         self.handlers = handlers
