@@ -36,7 +36,7 @@ from .optvis import (
     total_variation,
 )
 
-DEFAULT_TV_WEIGHT = 16.0
+DEFAULT_TV_WEIGHT = 40.0
 
 # --------------------------------------------------------------- ideal_image / CLI ---
 
