@@ -40,7 +40,7 @@ MAX_SIDE = 1024  # longest side fool() works at; larger uploads are downscaled f
 EPS_MIN, EPS_MAX = 1 / 255, 32 / 255  # below one grey level nothing survives 8-bit rounding
 DEFAULT_STEPS = 50
 DEFAULT_ROBUST_STEPS = 150
-ROBUST_JPEG_QUALITIES = (75, 90)  # range of the differentiable JPEG views
+ROBUST_JPEG_QUALITIES = (60, 90)  # range of the differentiable JPEG views (wider than the check)
 ROBUST_CHECK_QUALITY = 85  # the re-encoding a robust photo must survive
 
 Progress = Optional[Callable[[int, int], None]]
@@ -315,7 +315,6 @@ def fool(
         # slack for re-encodings it was not checked against (other JPEG qualities, filters).
         return score >= margin
 
-    source_logits = _predict(model, [image])[0]
     done_steps = 0
 
     def count(step: int, total: int) -> None:
@@ -324,14 +323,20 @@ def fool(
         if progress is not None:
             progress(step, total)
 
-    view = robust_view(image.height, image.width) if robust else classifier_view(image.height, image.width)
-    alpha = max(eps / 8, 0.25 / 255) if not robust else eps / 10
-    adv = pgd(model, x, t, eps=eps, alpha=alpha, steps=steps, margin=margin, view=view, accept=accept, progress=count)
-    final = to_8bit(adv)
-    judged = judge(final)
-    final_score = min(float(target_margin(lg[None], torch.tensor([t]))[0]) for lg in judged.values())
-    if best["image"] is not None and best["score"] > final_score:
-        final, judged = best["image"], best["judged"]
+    was_training = model.training
+    model.eval()  # the verdicts below must be the deployed (eval-mode) model's
+    try:
+        source_logits = _predict(model, [image])[0]
+        view = robust_view(image.height, image.width) if robust else classifier_view(image.height, image.width)
+        alpha = max(eps / 8, 0.25 / 255) if not robust else eps / 10
+        adv = pgd(model, x, t, eps=eps, alpha=alpha, steps=steps, margin=margin, view=view, accept=accept, progress=count)
+        final = to_8bit(adv)
+        judged = judge(final)
+        final_score = min(float(target_margin(lg[None], torch.tensor([t]))[0]) for lg in judged.values())
+        if best["image"] is not None and best["score"] > final_score:
+            final, judged = best["image"], best["judged"]
+    finally:
+        model.train(was_training)
 
     def top(logits: torch.Tensor) -> tuple[str, float]:
         p = logits.softmax(-1)

@@ -162,6 +162,19 @@ def test_fool_reaches_target_within_eps_same_size(tiny, size):
     assert 0 < r.steps <= 50 and r.seconds > 0
 
 
+def test_fool_restores_model_mode(tiny):
+    model, labels = tiny
+    model.train()
+    try:
+        r = fool(model, labels, synthetic_photo("dog", 15, size=(96, 80)), "cat", eps=8 / 255, steps=2)
+        assert model.training
+    finally:
+        model.eval()
+    # The verdicts are the eval-mode model's, as deployed.
+    probs = _predict(model, r.image)
+    assert labels[int(probs.argmax())] == r.result[0] and float(probs.max()) == pytest.approx(r.result[1], abs=1e-5)
+
+
 def test_fool_caps_large_uploads(tiny):
     model, labels = tiny
     photo = synthetic_photo("dog", 12, size=(480, 320))
