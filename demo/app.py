@@ -45,7 +45,7 @@ EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 DOWNLOADS = Path(tempfile.gettempdir()) / "petlens-demo"
 DOWNLOAD_TTL_S = 3600
 MAX_STRENGTH = 16  # in 1/255 steps: beyond this the change starts to show
-PREVIEWS = 8  # ideal image: how many in-between pictures a visitor sees
+PREVIEWS = 16  # ideal image: how many in-between pictures a visitor sees
 
 INTRO = """\
 # PetLens: what does a CNN see in your pet?
@@ -77,10 +77,10 @@ INSIDE_HELP = """\
 towards the label (red = most). The feature maps show the most active channels at three
 depths: each small square is what one filter responds to.
 """
-DEPTHS = {
-    "early": "Early layers: edges, colours, simple textures",
-    "middle": "Middle layers: fur, stripes, shapes and parts",
-    "late": "Late layers: whole-object patterns (eyes, snout, ears)",
+DEPTHS = {  # short enough to fit above a third of the page
+    "early": "Early layers: edges, colours",
+    "middle": "Middle: fur, textures, parts",
+    "late": "Late: eyes, ears, snouts",
 }
 CSS = ".petlens-help { font-size: 0.95em; opacity: 0.9; }"
 
@@ -415,10 +415,12 @@ def build_demo(
                     ideal_btn = gr.Button("Dream it up", variant="primary")
                     ideal_file = gr.DownloadButton("Download the PNG")
                 with gr.Column(scale=2):
-                    ideal_out = gr.Image(label="The network's ideal", format="png", interactive=False)
+                    ideal_out = gr.Image(label="The network's ideal", format="png", interactive=False, height=448)
             ideal_btn.click(
                 _bind(ideal, model=model, labels=labels, steps=ideal_steps, size=ideal_size),
-                [ideal_label, seed], [ideal_out, ideal_file], api_name="ideal", **heavy,
+                [ideal_label, seed], [ideal_out, ideal_file], api_name="ideal",
+                show_progress="minimal",  # the full overlay would hide the picture as it forms
+                **heavy,
             )
 
         with gr.Tab("Inside the network"):
