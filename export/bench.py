@@ -11,7 +11,8 @@ between the ``.pt`` checkpoint and the ``.onnx`` file on those real photos.
 ``--sweep-int8 --calibration DIR`` also quantizes the fp32 model with several settings
 (format, per-channel, reduce-range, activation type, pre-processing) and reports each one's
 latency and accuracy on this CPU. Timings are medians over ``--repeat`` runs after warm-up;
-on a busy machine they are inflated, so the load average is printed with them.
+on a busy machine they are inflated, so the load average is printed with them (``--stat
+min`` reports the best run instead, closer to what a quiet machine gives).
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from typing import Callable
 import numpy as np
 
 
-def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
-    """Median seconds per call."""
+STAT = {"median": np.median, "min": np.min}
+
+
+def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3, stat: str = "median") -> float:
+    """Seconds per call: the median (or, with ``--stat min``, the best) of ``repeat`` runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -38,7 +42,7 @@ def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(STAT[stat](times))
 
 
 def cpu_summary() -> str:
@@ -84,6 +88,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="labelled photos: DIR/<label>/* (e.g. ../shared/data/catsdogs/val)")
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and onnxruntime (default: the Classifier's default)")
     parser.add_argument("--repeat", type=int, default=30, help="timed runs per batch-1 measurement; batch 32 uses a third (default: %(default)s)")
+    parser.add_argument("--stat", choices=sorted(STAT), default="median",
+                        help="per-measurement statistic; 'min' approximates a quiet machine when others share the CPU (default: %(default)s)")
+    parser.add_argument("--spinning", action="store_true", help="let onnxruntime's idle threads busy-wait (lower latency, more CPU)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: torch on the GPU and onnxruntime's CUDA provider (IO binding)")
     parser.add_argument("--sweep-int8", action="store_true", help="also quantize --onnx with several settings and time each (needs --calibration)")
     parser.add_argument("--calibration", type=Path, help="photos for --sweep-int8 calibration (e.g. ../shared/data/catsdogs/train)")
@@ -107,8 +114,8 @@ def main(args: argparse.Namespace) -> int:
     providers = [CUDA, CPU] if args.device == "cuda" else [CPU]
     device = torch.device(args.device)
     model, labels = load_checkpoint(args.checkpoint, device=device)
-    fp32 = Classifier.load(args.onnx, providers=providers, threads=threads)
-    int8 = Classifier.load(args.int8, providers=[CPU], threads=threads) if args.int8 and args.int8.is_file() else None
+    fp32 = Classifier.load(args.onnx, providers=providers, threads=threads, spinning=args.spinning)
+    int8 = Classifier.load(args.int8, providers=[CPU], threads=threads, spinning=args.spinning) if args.int8 and args.int8.is_file() else None
     files, ys = labelled_files(args.data, labels)
     batch = np.stack([fp32.preprocess(f) for f in files])
     x1, x32 = batch[:1], np.resize(batch, (32, *batch.shape[1:]))
@@ -122,10 +129,10 @@ def main(args: argparse.Namespace) -> int:
 
     # Latency.
     for bs, x, rep in ((1, x1, args.repeat), (32, x32, max(3, args.repeat // 3))):
-        figures[f"torch_b{bs}_ms"] = timeit(lambda: torch_run(x), rep) * 1e3
-        figures[f"ort_fp32_b{bs}_ms"] = timeit(lambda: fp32.probabilities(x), rep) * 1e3
+        figures[f"torch_b{bs}_ms"] = timeit(lambda: torch_run(x), rep, stat=args.stat) * 1e3
+        figures[f"ort_fp32_b{bs}_ms"] = timeit(lambda: fp32.probabilities(x), rep, stat=args.stat) * 1e3
         if int8:
-            figures[f"ort_int8_b{bs}_ms"] = timeit(lambda: int8.probabilities(x), rep) * 1e3
+            figures[f"ort_int8_b{bs}_ms"] = timeit(lambda: int8.probabilities(x), rep, stat=args.stat) * 1e3
         line = f"torch {figures[f'torch_b{bs}_ms']:.1f} | ort fp32 {figures[f'ort_fp32_b{bs}_ms']:.1f}"
         line += f" | ort int8 {figures[f'ort_int8_b{bs}_ms']:.1f}" if int8 else ""
         line += f"  (ort {figures[f'torch_b{bs}_ms'] / figures[f'ort_fp32_b{bs}_ms']:.1f}x torch"
@@ -134,8 +141,8 @@ def main(args: argparse.Namespace) -> int:
 
     # End to end: decode + preprocess + run + top-k from a file vs the bare session.run.
     photo = files[0]
-    bare = timeit(lambda: fp32.session.run([fp32._output], {fp32.input_name: x1}), args.repeat) * 1e3
-    e2e = timeit(lambda: fp32.predict(photo), args.repeat) * 1e3
+    bare = timeit(lambda: fp32.session.run([fp32._output], {fp32.input_name: x1}), args.repeat, stat=args.stat) * 1e3
+    e2e = timeit(lambda: fp32.predict(photo), args.repeat, stat=args.stat) * 1e3
     figures.update(bare_run_ms=bare, predict_file_ms=e2e)
     from PIL import Image
 
@@ -160,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
         rows += sweep_int8(args, fp32, batch, ys, x1, x32, threads)
 
     width = max(len(k) for k, _ in rows)
-    print(f"# {cpu_summary()}; {threads} threads; providers {fp32.providers}")
+    print(f"# {cpu_summary()}; {threads} threads, spinning {'on' if args.spinning else 'off'}; providers {fp32.providers}; {args.stat} of runs")
     print(f"# torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {args.onnx.name}")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -186,8 +193,8 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
         "QDQ per-tensor U8S8": QuantSettings(per_channel=False),
         "QDQ per-channel U8S8 percentile": QuantSettings(method="percentile"),
     }
-    base1 = timeit(lambda: fp32.probabilities(x1), args.repeat)
-    base32 = timeit(lambda: fp32.probabilities(x32), max(3, args.repeat // 3))
+    base1 = timeit(lambda: fp32.probabilities(x1), args.repeat, stat=args.stat)
+    base32 = timeit(lambda: fp32.probabilities(x32), max(3, args.repeat // 3), stat=args.stat)
     rows = [("int8 sweep: fp32 reference", f"b1 {base1 * 1e3:.1f} ms | b32 {base32 * 1e3:.0f} ms | acc {accuracy(fp32, batch, ys):.1%}")]
     with tempfile.TemporaryDirectory() as tmp:
         for name, settings in variants.items():
@@ -197,9 +204,9 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
             except Exception as exc:  # report and go on: the sweep is for comparing
                 rows.append((f"int8 sweep: {name}", f"failed: {exc}"))
                 continue
-            q = Classifier.load(out, providers=[CPU], threads=threads)
-            t1 = timeit(lambda: q.probabilities(x1), args.repeat)
-            t32 = timeit(lambda: q.probabilities(x32), max(3, args.repeat // 3))
+            q = Classifier.load(out, providers=[CPU], threads=threads, spinning=args.spinning)
+            t1 = timeit(lambda: q.probabilities(x1), args.repeat, stat=args.stat)
+            t32 = timeit(lambda: q.probabilities(x32), max(3, args.repeat // 3), stat=args.stat)
             rows.append((f"int8 sweep: {name}", f"b1 {t1 * 1e3:.1f} ms ({base1 / t1:.2f}x) | b32 {t32 * 1e3:.0f} ms "
                          f"({base32 / t32:.2f}x) | acc {accuracy(q, batch, ys):.1%} | agree {rep.agreement:.1%}"))
             print(f"  {name}: done", file=sys.stderr, flush=True)

@@ -103,10 +103,14 @@ def output_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 class _Reader:
-    """``CalibrationDataReader``: hands the calibrator batches of real photos."""
+    """``CalibrationDataReader``: hands the calibrator batches of real photos. All batches
+    have the same size (the histogram calibrators stack them), so up to ``batch_size - 1``
+    photos may be left out."""
 
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 16):
-        self._batches = iter([{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)])
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 8):
+        batch_size = min(batch_size, len(images))
+        n = len(images) - len(images) % batch_size
+        self._batches = iter([{input_name: images[i : i + batch_size]} for i in range(0, n, batch_size)])
 
     def get_next(self):
         return next(self._batches, None)
