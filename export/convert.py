@@ -97,24 +97,49 @@ def generated_images(n: int = 8, seed: int = 0) -> list[Image.Image]:
     return out
 
 
-def _export_module(model, half: bool):
-    """The model plus a softmax head, optionally computing in float16 between float32 I/O."""
+def _export_module(model, half: bool, scorer=None):
+    """The model plus a softmax, optionally computing in float16 between float32 I/O, and
+    with the checkpoint's out-of-distribution scorer (``training.ood``) as a third output."""
     import torch
 
     class Exported(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model.half() if half else model
+            self.scorer = scorer
 
         def forward(self, image: torch.Tensor):
-            x = image.half() if half else image
-            logits = self.model(x).float()  # softmax in float32 even for an fp16 trunk
-            return logits, torch.softmax(logits, dim=1)
+            features = self.model.embed(image.half() if half else image)
+            logits = self.model.head(features).float()  # softmax in float32 even for an fp16 trunk
+            outputs = (logits, torch.softmax(logits, dim=1))
+            if self.scorer is not None:
+                outputs += (self.scorer(features.float(), logits),)
+            return outputs
 
     return Exported().eval()
 
 
-def _metadata(ckpt: dict[str, Any], checkpoint: Path, fp16: bool) -> dict[str, str]:
+def _ood_scorer(ckpt: dict[str, Any]):
+    """The checkpoint's OOD scorer, or None (no OOD statistics in it)."""
+    if not (ckpt.get("extra") or {}).get("ood"):
+        return None
+    from training.ood import ood_scorer_from_checkpoint
+
+    return ood_scorer_from_checkpoint(ckpt)
+
+
+def _scalars(obj: Any) -> Any:
+    """``obj`` with tensors/arrays dropped: what of a checkpoint's ``extra`` fits metadata
+    (an OOD feature bank is megabytes and lives in the graph instead)."""
+    if isinstance(obj, dict):
+        kept = {str(k): _scalars(v) for k, v in obj.items()}
+        return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(obj, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in obj):
+        return list(obj)
+    return obj if isinstance(obj, (str, int, float, bool)) else None
+
+
+def _metadata(ckpt: dict[str, Any], checkpoint: Path, fp16: bool, ood: bool) -> dict[str, str]:
     cfg, metrics = ckpt["config"], ckpt.get("metrics") or {}
     meta = {
         "format": FORMAT,
@@ -127,27 +152,24 @@ def _metadata(ckpt: dict[str, Any], checkpoint: Path, fp16: bool) -> dict[str, s
         "antialiased), center-crop image_size; ImageNet mean/std are applied inside the graph",
         "mean": json.dumps(IMAGENET_MEAN),
         "std": json.dumps(IMAGENET_STD),
-        "outputs": "logits [N,C], probabilities [N,C] (softmax)",
+        "outputs": "logits [N,C], probabilities [N,C] (softmax)"
+        + (", ood_score [N] (higher = less like the training photos; see metadata 'ood')" if ood else ""),
         "precision": "fp16" if fp16 else "fp32",
         "source_checkpoint": checkpoint.name,
         "source_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
     }
     if metrics:
-        meta["metrics"] = json.dumps(metrics, default=str)
+        meta["metrics"] = json.dumps(_scalars(metrics))
         for key in ("accuracy", "val_accuracy", "train_accuracy"):
-            if key in metrics:
+            if isinstance(metrics.get(key), (int, float)):
                 meta[key] = str(metrics[key])
-    extra = ckpt.get("extra") or {}
-    if extra:
-        # OOD statistics and other add-ons travel with the model when they are JSON-able.
-        try:
-            meta["extra"] = json.dumps(extra, default=lambda t: t.tolist())
-        except (TypeError, ValueError):
-            warnings.warn("checkpoint 'extra' is not JSON-serializable; left out of the ONNX metadata")
+    extra = _scalars(ckpt.get("extra") or {})
+    for key, value in extra.items():  # e.g. "ood": {"method", "threshold", "target_tpr", ...}
+        meta[key] = json.dumps(value)
     return meta
 
 
-def _torch_export(module, path: Path, image_size: int, opset: int) -> None:
+def _torch_export(module, path: Path, image_size: int, opset: int, ood: bool = False) -> None:
     import torch
 
     example = torch.rand(2, 3, image_size, image_size)
@@ -160,7 +182,7 @@ def _torch_export(module, path: Path, image_size: int, opset: int) -> None:
                 (example,),
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(OUTPUT_NAMES) + (["ood_score"] if ood else []),
                 dynamic_shapes={"image": {0: batch}},
                 opset_version=opset,
                 external_data=False,  # one self-contained file (a ResNet-50 is ~100 MB)
@@ -178,30 +200,34 @@ def verify(
     providers: Sequence[str] | None = ("CPUExecutionProvider",),
     half: bool = False,
 ) -> float:
-    """Max |p_torch - p_onnx| over ``images``: decoded and preprocessed exactly like the
-    Classifier does, run through the checkpoint in torch (float32 or float16 to match the
-    export) and through the ONNX file in onnxruntime, both as one batch and one by one."""
+    """Max |torch - onnxruntime| over ``images`` of the probabilities (and of the OOD score
+    when the model has one): decoded and preprocessed exactly like the Classifier does, run
+    through the checkpoint in torch (float32 or float16 to match the export) and through the
+    ONNX file in onnxruntime, both as one batch and one by one."""
     import torch
 
-    from training import load_checkpoint
+    from training import load_checkpoint, read_checkpoint
 
     from .runtime import Classifier
 
     clf = Classifier.load(onnx_path, providers=providers)
     batch = np.stack([clf.preprocess(im) for im in images])
     model, _ = load_checkpoint(checkpoint)
-    if half:
-        model = model.half()
+    module = _export_module(model, half, _ood_scorer(read_checkpoint(checkpoint)))
     with torch.inference_mode():
-        x = torch.from_numpy(batch)
-        ref = torch.softmax(model(x.half() if half else x).float(), dim=1).numpy()
+        ref = np.concatenate([t.numpy().reshape(len(batch), -1) for t in module(torch.from_numpy(batch))[1:]], axis=1)
     if not np.isfinite(ref).all():
         raise ExportError(
             "torch's own output is not finite on the check images"
             + (": the model over- or underflows in float16; export it without --fp16." if half else ".")
         )
-    got_batch = clf.probabilities(batch)
-    got_single = np.concatenate([clf.probabilities(batch[i : i + 1]) for i in range(len(batch))])
+    names = [o.name for o in clf.session.get_outputs()][1:]  # probabilities [, ood_score]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([o.reshape(len(x), -1) for o in clf.session.run(names, {clf.input_name: x})], axis=1)
+
+    got_batch = run(batch)
+    got_single = np.concatenate([run(batch[i : i + 1]) for i in range(len(batch))])
     return float(max(np.abs(ref - got_batch).max(), np.abs(ref - got_single).max()))
 
 
@@ -249,10 +275,11 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.onnx")
     try:
+        scorer = _ood_scorer(ckpt)
         with torch.no_grad():
-            _torch_export(_export_module(model, fp16), tmp, image_size, opset)
+            _torch_export(_export_module(model, fp16, scorer), tmp, image_size, opset, ood=scorer is not None)
         proto = onnx.load(str(tmp))
-        meta = _metadata(ckpt, checkpoint, fp16)
+        meta = _metadata(ckpt, checkpoint, fp16, ood=scorer is not None)
         del proto.metadata_props[:]
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)

@@ -6,8 +6,8 @@ were measured, not assumed (see README, "int8"): QDQ format, per-channel int8 we
 uint8 activations (U8S8), MinMax ranges, after ``quant_pre_process`` (shape inference +
 graph optimization). Per-tensor weights ruin MobileNet's depthwise convolutions (accuracy
 falls to chance); ``reduce_range`` is only for AVX2 CPUs *without* VNNI, where U8S8 can
-saturate, and costs speed elsewhere. The head (Gemm) and softmax stay float so
-probabilities keep full resolution.
+saturate, and costs speed elsewhere. Everything after the final pooling (head, softmax,
+OOD scorer) stays float so probabilities and OOD scores keep full resolution.
 
 The result is checked against the float model on photos left out of calibration, and
 refused (:class:`~export.convert.ExportError`) when too many predictions change.
@@ -94,12 +94,37 @@ def load_batch(clf: Classifier, files: list[Path]) -> tuple[np.ndarray, int]:
     return np.stack(arrays), skipped
 
 
-def output_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes that produce graph outputs: the head's Gemm and the softmax. They stay float:
-    quantized, probabilities would come in steps of 1/255 (0.4 %, "0 %" for the runner-up,
-    rows not summing to 1) and the head costs nothing in float."""
+def float_tail(model: onnx.ModelProto) -> list[str]:
+    """Nodes from the final global pooling on: the head's Gemm, the softmax and any OOD
+    scorer. They stay float: quantized, probabilities would come in steps of 1/255 (0.4 %,
+    "0 %" for the runner-up, rows not summing to 1), OOD similarities would move against
+    their calibrated threshold, and all of it costs nothing next to the trunk."""
+    nodes = list(model.graph.node)  # ONNX graphs are topologically sorted
+    pools = [i for i, n in enumerate(nodes) if n.op_type in ("GlobalAveragePool", "ReduceMean")]
     outputs = {o.name for o in model.graph.output}
-    return [n.name for n in model.graph.node if outputs.intersection(n.output)]
+    if not pools:
+        return [n.name for n in nodes if outputs.intersection(n.output)]
+    tail, produced = [], set()
+    for i, node in enumerate(nodes):
+        if i == pools[-1] or produced.intersection(node.input):
+            tail.append(node.name)
+            produced.update(node.output)
+    return tail
+
+
+def _pre_process(src: Path, out: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference + optimization), falling back to
+    ONNX-only shape inference when the symbolic pass cannot handle an op (the OOD scorer's
+    TopK trips it), and to the unprocessed model when that fails too."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=skip_symbolic)
+            return out
+        except Exception:
+            continue
+    return src
 
 
 class _Reader:
@@ -134,7 +159,6 @@ def quantize_int8(
     carried over with ``precision=int8`` and the settings used.
     """
     from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     start = time.perf_counter()
     settings = settings or QuantSettings()
@@ -154,15 +178,15 @@ def quantize_int8(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.stem}.tmp{os.getpid()}.onnx")
     with tempfile.TemporaryDirectory() as tmp:
-        src = fp32_path
-        if settings.pre_process:
-            src = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(fp32_path), str(src))
+        src = _pre_process(fp32_path, Path(tmp) / "pre.onnx") if settings.pre_process else fp32_path
         try:
-            quantize_static(
-                str(src), str(tmp_out), _Reader(fp32.input_name, cal),
-                nodes_to_exclude=output_nodes(onnx.load(str(src))), **settings.kwargs(),
-            )
+            try:
+                quantize_static(
+                    str(src), str(tmp_out), _Reader(fp32.input_name, cal),
+                    nodes_to_exclude=float_tail(onnx.load(str(src))), **settings.kwargs(),
+                )
+            except Exception as exc:  # onnxruntime.quantization raises anything from deep inside
+                raise ExportError(f"int8 quantization failed ({exc.__class__.__name__}: {str(exc)[:300]})") from exc
             proto = onnx.load(str(tmp_out))
             meta = dict(fp32.metadata)
             meta.update(

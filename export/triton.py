@@ -43,6 +43,8 @@ def _tensor_spec(value_info: onnx.ValueInfoProto) -> tuple[str, str, list[int]]:
 
 
 def _block(name: str, dtype: str, dims: list[int], extra: str = "") -> str:
+    if not dims:  # a per-image scalar ([N] in ONNX): Triton wants dims [1] reshaped to []
+        dims, extra = [1], "    reshape: { shape: [ ] }\n" + extra
     return (
         "  {\n"
         f'    name: "{name}"\n'

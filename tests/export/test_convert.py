@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from export.convert import ExportError, export_onnx, verify
 from export.runtime import Classifier
@@ -188,3 +189,47 @@ def test_cli_exports_quantizes_and_writes_triton_repo(tiny_checkpoint, synthetic
     clf = Classifier.load(int8)
     photo = next((synthetic_data / "val" / "dog").iterdir())
     assert clf.predict(photo, top_k=1)[0][0] == "dog"
+
+
+@pytest.mark.slow
+def test_ood_scorer_rides_along_and_stays_float_in_int8(tiny_checkpoint, synthetic_data, tmp_path, fresh_photos):
+    """A checkpoint with training.ood statistics exports a third output, ood_score, equal to
+    torch's; metadata gets the scalars (threshold, method), never the feature bank."""
+    from training import read_checkpoint, save_checkpoint
+    from training.ood import fit_ood, ood_scorer_from_checkpoint
+
+    from export.quantize import quantize_int8
+
+    model, labels = load_checkpoint(tiny_checkpoint)
+    photos = [(f, labels.index(d.name)) for d in sorted((synthetic_data / "train").iterdir()) for f in sorted(d.iterdir())]
+    with torch.inference_mode():
+        train = model.embed(torch.from_numpy(np.stack([preprocess(Image.open(f).convert("RGB")) for f, _ in photos])))
+        val = model.embed(torch.from_numpy(np.stack([preprocess(im) for im in fresh_photos])))
+    state = fit_ood(train, torch.tensor([y for _, y in photos]), val, k=3)
+    ckpt_path = save_checkpoint(tmp_path / "ood.pt", model, labels, extra={"ood": state})
+
+    out = tmp_path / "ood.onnx"
+    report = export_onnx(ckpt_path, out, verify_images=fresh_photos)
+    assert report.max_abs_diff <= 1e-4  # covers probabilities and ood_score
+    meta = json.loads(report.metadata["ood"])
+    assert meta["method"] == "knn" and meta["threshold"] == pytest.approx(state["threshold"]) and "bank" not in meta
+    assert sum(len(p.value) for p in onnx.load(str(out)).metadata_props) < 10_000
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["logits", "probabilities", "ood_score"]
+    batch = np.stack([preprocess(im) for im in fresh_photos])
+    (score,) = sess.run(["ood_score"], {"image": batch})
+    scorer = ood_scorer_from_checkpoint(read_checkpoint(ckpt_path))
+    with torch.inference_mode():
+        feats = model.embed(torch.from_numpy(batch))
+        want = scorer(feats, model.head(feats)).numpy()
+    assert score.shape == (len(batch),) and np.abs(score - want).max() <= 1e-4
+
+    int8 = tmp_path / "ood-int8.onnx"
+    quantize_int8(out, int8, synthetic_data / "train", n_calibration=16, n_check=8, min_agreement=0.0)
+    graph = onnx.load(str(int8)).graph
+    produced_by = {o: n for n in graph.node for o in n.output}
+    # The scorer's MatMul against the bank and the head's Gemm read float tensors.
+    for op in ("MatMul", "Gemm"):
+        node = next(n for n in graph.node if n.op_type == op)
+        assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
