@@ -80,6 +80,7 @@ def test_broken_upload_shows_a_readable_error_and_the_page_keeps_working(page, h
     toast = page.get_by_test_id("toast-body").filter(has_text=word).first
     toast.wait_for()
     assert "Traceback" not in toast.inner_text()
+    page.wait_for_timeout(1000)  # let the toast's fly-in animation end before the picture
     shoot(page, tmp_path_factory, f"refused-{kind}", full_page=False)  # keeps the toast in view
 
     page.reload(wait_until="domcontentloaded")
