@@ -184,7 +184,9 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
     if not args.calibration:
         raise SystemExit("error: --sweep-int8 needs --calibration DIR")
     variants = {
-        "QDQ per-channel U8S8 (default)": QuantSettings(),
+        "QDQ per-channel U8S8, 7 float convs (default)": QuantSettings(),
+        "QDQ per-channel U8S8, all convs int8": QuantSettings(float_convs=0),
+        "QDQ per-channel U8S8, 4 float convs": QuantSettings(float_convs=4),
         "QDQ per-channel U8S8, no pre-process": QuantSettings(pre_process=False),
         "QOperator per-channel U8S8": QuantSettings(format="qoperator"),
         "QDQ per-channel U8S8 reduce-range": QuantSettings(reduce_range=True),

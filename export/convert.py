@@ -3,8 +3,10 @@
 The graph takes float32 ``image [N, 3, S, S]`` in [0, 1] (ImageNet normalization is part
 of the model, so it is part of the graph) with a dynamic batch axis ``N``, and returns
 ``logits [N, C]`` and ``probabilities [N, C]`` (softmax inside the graph, so clients need
-no post-processing). ``metadata_props`` carry ``labels`` (a JSON list) and the facts a
-server or a person wants: architecture, image size, accuracy, preprocessing.
+no post-processing), plus ``ood_score [N]`` when the checkpoint carries out-of-distribution
+statistics (:mod:`training.ood`; accept a photo as a pet when the score is <= the
+``threshold`` in metadata ``ood``). ``metadata_props`` carry ``labels`` (a JSON list) and
+the facts a server or a person wants: architecture, image size, accuracy, preprocessing.
 
 The file is written next to ``out`` under a temporary name and moved into place only after
 onnxruntime has reproduced torch's probabilities within ``tolerance`` on the verification
@@ -33,6 +35,8 @@ from PIL import Image
 
 from training.presets import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
 
+from .images import ImageError
+
 # Opset 20 is what torch's exporter emits natively today and what onnxruntime >= 1.17
 # (and so Triton's onnxruntime backend of 2024 onwards) runs; newer opsets buy nothing
 # for a CNN.
@@ -51,6 +55,8 @@ class ExportError(RuntimeError):
 
 @dataclass
 class ExportReport:
+    """What :func:`export_onnx` wrote and how closely onnxruntime matched torch."""
+
     path: Path
     n_images: int
     real_images: bool
@@ -211,7 +217,15 @@ def verify(
     from .runtime import Classifier
 
     clf = Classifier.load(onnx_path, providers=providers)
-    batch = np.stack([clf.preprocess(im) for im in images])
+    arrays = []
+    for im in images:
+        try:
+            arrays.append(clf.preprocess(im))
+        except ImageError:  # a damaged photo in the folder is not the export's fault
+            continue
+    if not arrays:
+        raise ExportError("none of the verification images could be read")
+    batch = np.stack(arrays)
     model, _ = load_checkpoint(checkpoint)
     module = _export_module(model, half, _ood_scorer(read_checkpoint(checkpoint)))
     with torch.inference_mode():
