@@ -36,7 +36,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Success rates and timings of fool-me and ideal images.", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.bench_attacks",
+        description="Success rates and timings of fool-me and ideal images.",
+        add_help=add_help,
+    )
     parser.add_argument("--checkpoint", default="models/catsdogs.pt", help="torch checkpoint the attacks use")
     parser.add_argument(
         "--onnx", default=None,

@@ -41,6 +41,7 @@ def parse_eps(text: str) -> float:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m training.fool",
         description="Change photos imperceptibly so that the model calls them --target.", add_help=add_help
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photos to change (JPEG, PNG, WebP, ...)")

@@ -122,6 +122,7 @@ def ideal_objective(model: torch.nn.Module, index: int, tv_weight: float = DEFAU
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m training.ideal",
         description="Draw the network's ideal image of a label, optimized from noise.", add_help=add_help
     )
     parser.add_argument("--checkpoint", help="model checkpoint (.pt), e.g. models/catsdogs.pt")
