@@ -10,7 +10,8 @@ between the ``.pt`` checkpoint and the ``.onnx`` file on those real photos.
 
 ``--sweep-int8 --calibration DIR`` also quantizes the fp32 model with several settings
 (format, per-channel, reduce-range, activation type, pre-processing) and reports each one's
-latency and accuracy on this CPU. Timings are medians over ``--repeat`` runs after warm-up;
+latency and accuracy on this CPU. Timings are medians over ``--repeat`` runs after warm-up,
+taken round-robin across the engines compared so background load hits each alike;
 on a busy machine they are inflated, so the load average is printed with them (``--stat
 min`` reports the best run instead, closer to what a quiet machine gives).
 """
@@ -33,16 +34,19 @@ import numpy as np
 STAT = {"median": np.median, "min": np.min}
 
 
-def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3, stat: str = "median") -> float:
-    """Seconds per call: the median (or, with ``--stat min``, the best) of ``repeat`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int, stat: str = "median", warmup: int = 2) -> dict[str, float]:
+    """Seconds per call of each function, timed round-robin so that load from other
+    processes falls on all of them alike (timing one after the other would not)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(STAT[stat](times))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(STAT[stat](t)) for name, t in times.items()}
 
 
 def cpu_summary() -> str:
@@ -127,12 +131,13 @@ def main(args: argparse.Namespace) -> int:
             out = model(torch.from_numpy(x).to(device))
             return out.cpu()  # includes the device sync on CUDA
 
-    # Latency.
+    # Latency, the three engines interleaved.
     for bs, x, rep in ((1, x1, args.repeat), (32, x32, max(3, args.repeat // 3))):
-        figures[f"torch_b{bs}_ms"] = timeit(lambda: torch_run(x), rep, stat=args.stat) * 1e3
-        figures[f"ort_fp32_b{bs}_ms"] = timeit(lambda: fp32.probabilities(x), rep, stat=args.stat) * 1e3
+        fns = {"torch": lambda x=x: torch_run(x), "ort_fp32": lambda x=x: fp32.probabilities(x)}
         if int8:
-            figures[f"ort_int8_b{bs}_ms"] = timeit(lambda: int8.probabilities(x), rep, stat=args.stat) * 1e3
+            fns["ort_int8"] = lambda x=x: int8.probabilities(x)
+        for name, sec in interleaved(fns, rep, stat=args.stat).items():
+            figures[f"{name}_b{bs}_ms"] = sec * 1e3
         line = f"torch {figures[f'torch_b{bs}_ms']:.1f} | ort fp32 {figures[f'ort_fp32_b{bs}_ms']:.1f}"
         line += f" | ort int8 {figures[f'ort_int8_b{bs}_ms']:.1f}" if int8 else ""
         line += f"  (ort {figures[f'torch_b{bs}_ms'] / figures[f'ort_fp32_b{bs}_ms']:.1f}x torch"
@@ -141,8 +146,9 @@ def main(args: argparse.Namespace) -> int:
 
     # End to end: decode + preprocess + run + top-k from a file vs the bare session.run.
     photo = files[0]
-    bare = timeit(lambda: fp32.session.run([fp32._output], {fp32.input_name: x1}), args.repeat, stat=args.stat) * 1e3
-    e2e = timeit(lambda: fp32.predict(photo), args.repeat, stat=args.stat) * 1e3
+    e2e_times = interleaved({"bare": lambda: fp32.session.run([fp32._output], {fp32.input_name: x1}),
+                             "e2e": lambda: fp32.predict(photo)}, args.repeat, stat=args.stat)
+    bare, e2e = e2e_times["bare"] * 1e3, e2e_times["e2e"] * 1e3
     figures.update(bare_run_ms=bare, predict_file_ms=e2e)
     from PIL import Image
 
@@ -195,9 +201,7 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
         "QDQ per-tensor U8S8": QuantSettings(per_channel=False),
         "QDQ per-channel U8S8 percentile": QuantSettings(method="percentile"),
     }
-    base1 = timeit(lambda: fp32.probabilities(x1), args.repeat, stat=args.stat)
-    base32 = timeit(lambda: fp32.probabilities(x32), max(3, args.repeat // 3), stat=args.stat)
-    rows = [("int8 sweep: fp32 reference", f"b1 {base1 * 1e3:.1f} ms | b32 {base32 * 1e3:.0f} ms | acc {accuracy(fp32, batch, ys):.1%}")]
+    rows = [("int8 sweep: fp32 reference", f"acc {accuracy(fp32, batch, ys):.1%}; speed-ups below are timed interleaved with it")]
     with tempfile.TemporaryDirectory() as tmp:
         for name, settings in variants.items():
             out = Path(tmp) / "q.onnx"
@@ -207,10 +211,10 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
                 rows.append((f"int8 sweep: {name}", f"failed: {exc}"))
                 continue
             q = Classifier.load(out, providers=[CPU], threads=threads, spinning=args.spinning)
-            t1 = timeit(lambda: q.probabilities(x1), args.repeat, stat=args.stat)
-            t32 = timeit(lambda: q.probabilities(x32), max(3, args.repeat // 3), stat=args.stat)
-            rows.append((f"int8 sweep: {name}", f"b1 {t1 * 1e3:.1f} ms ({base1 / t1:.2f}x) | b32 {t32 * 1e3:.0f} ms "
-                         f"({base32 / t32:.2f}x) | acc {accuracy(q, batch, ys):.1%} | agree {rep.agreement:.1%}"))
+            b1 = interleaved({"f": lambda: fp32.probabilities(x1), "q": lambda: q.probabilities(x1)}, args.repeat, stat=args.stat)
+            b32 = interleaved({"f": lambda: fp32.probabilities(x32), "q": lambda: q.probabilities(x32)}, max(3, args.repeat // 3), stat=args.stat)
+            rows.append((f"int8 sweep: {name}", f"b1 {b1['q'] * 1e3:.1f} ms ({b1['f'] / b1['q']:.2f}x) | b32 {b32['q'] * 1e3:.0f} ms "
+                         f"({b32['f'] / b32['q']:.2f}x) | acc {accuracy(q, batch, ys):.1%} | agree {rep.agreement:.1%}"))
             print(f"  {name}: done", file=sys.stderr, flush=True)
     return rows
 
