@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -129,6 +130,7 @@ class Classifier:
         inp = session.get_inputs()[0]
         self.input_name = inp.name
         outputs = [o.name for o in session.get_outputs()]
+        self._outputs = outputs
         # Prefer the in-graph softmax; a logits-only model (exported elsewhere) still works.
         self._output = "probabilities" if "probabilities" in outputs else outputs[0]
         self._apply_softmax = self._output != "probabilities"
@@ -251,5 +253,60 @@ class Classifier:
             results.extend(self._top(p, top_k) for p in probs)
         return results
 
+    @property
+    def ood_threshold(self) -> float | None:
+        """The calibrated "is it a pet?" threshold, or None for a model without an OOD score."""
+        if "ood_score" not in getattr(self, "_outputs", ()):  # remote models: no OOD output
+            return None
+        try:
+            return float(json.loads(self.metadata["ood"])["threshold"])
+        except (KeyError, ValueError, TypeError):
+            return None
+
+    def assess(self, image: ImageSource, top_k: int = 3) -> "Assessment":
+        """:meth:`predict` plus the out-of-distribution verdict, in one ``session.run``.
+
+        ``is_pet`` is False when the photo looks unlike every training photo (score above
+        the threshold calibrated at export time to accept ~95% of real pets); for a model
+        exported without OOD statistics ``score``/``threshold``/``is_pet`` are None and the
+        photo is treated as a pet. Unusable input raises an ``ImageError``."""
+        top_k = self._check_top_k(top_k)
+        batch = self.preprocess(image)[None]
+        threshold = self.ood_threshold
+        if threshold is None or self._on_cuda:
+            probs = self.probabilities(batch)[0]
+            score = None
+            if threshold is not None:  # CUDA path: a second output costs one more small run
+                score = float(self.session.run(["ood_score"], {self.input_name: batch})[0][0])
+        else:
+            out, scores = self.session.run([self._output, "ood_score"], {self.input_name: batch})
+            probs = (softmax(out) if self._apply_softmax else out)[0]
+            score = float(scores[0])
+        is_pet = None if score is None else bool(score <= threshold)
+        return Assessment(self._top(probs, top_k), score, threshold, is_pet)
+
     def __repr__(self) -> str:
         return f"Classifier({self.path}, labels={self.labels}, providers={self.providers})"
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What :meth:`Classifier.assess` found: ``top`` = ``[(label, prob), ...]``; ``score``
+    (higher = less like the training photos), ``threshold`` and ``is_pet`` are None when the
+    model carries no OOD score."""
+
+    top: list[tuple[str, float]]
+    score: float | None
+    threshold: float | None
+    is_pet: bool | None
+
+    @property
+    def looks_like_training_data(self) -> bool:
+        return self.is_pet is not False
+
+    def message(self, describe: str = "a cat or a dog") -> str | None:
+        """The user-facing warning for an out-of-distribution photo, else None."""
+        if self.is_pet is not False:
+            return None
+        label, prob = self.top[0]
+        return f"This doesn't look like {describe} — closest guess: {label} {prob:.0%}"
