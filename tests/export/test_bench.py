@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from export.bench import get_args_parser, main
 
 
+@pytest.mark.slow
 def test_bench_prints_the_table_and_sane_figures(tiny_checkpoint, tiny_onnx, tiny_int8, synthetic_data, capsys):
     args = get_args_parser().parse_args([
         "--checkpoint", str(tiny_checkpoint), "--onnx", str(tiny_onnx), "--int8", str(tiny_int8),
