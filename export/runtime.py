@@ -283,30 +283,46 @@ class Classifier:
             probs = (softmax(out) if self._apply_softmax else out)[0]
             score = float(scores[0])
         is_pet = None if score is None else bool(score <= threshold)
-        return Assessment(self._top(probs, top_k), score, threshold, is_pet)
+        return Assessment(self._top(probs, top_k), score, threshold, is_pet, tuple(self.labels))
 
     def __repr__(self) -> str:
         return f"Classifier({self.path}, labels={self.labels}, providers={self.providers})"
+
+
+def describe_labels(labels: Sequence[str]) -> str:
+    """What a model knows, for "This doesn't look like ...": ``["cat", "dog"]`` -> "a cat or
+    a dog"; up to four labels are named, more become "any of the 37 pets this model knows"."""
+    names = [str(label).replace("_", " ") for label in labels]
+    if not names:
+        return "anything this model knows"
+    if len(names) > 4:
+        return f"any of the {len(names)} pets this model knows"
+    named = [f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}" for name in names]
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + f" or {named[-1]}"
 
 
 @dataclass(frozen=True)
 class Assessment:
     """What :meth:`Classifier.assess` found: ``top`` = ``[(label, prob), ...]``; ``score``
     (higher = less like the training photos), ``threshold`` and ``is_pet`` are None when the
-    model carries no OOD score."""
+    model carries no OOD score. ``labels``: every label the model knows (for the wording)."""
 
     top: list[tuple[str, float]]
     score: float | None
     threshold: float | None
     is_pet: bool | None
+    labels: tuple[str, ...] = ()
 
     @property
     def looks_like_training_data(self) -> bool:
         return self.is_pet is not False
 
-    def message(self, describe: str = "a cat or a dog") -> str | None:
-        """The user-facing warning for an out-of-distribution photo, else None."""
+    def message(self, describe: str | None = None) -> str | None:
+        """The user-facing warning for an out-of-distribution photo, else None: "This doesn't
+        look like a cat or a dog — closest guess: dog 61%". ``describe`` overrides what the
+        model knows (default: :func:`describe_labels` of ``labels``)."""
         if self.is_pet is not False:
             return None
         label, prob = self.top[0]
+        describe = describe or describe_labels(self.labels)
         return f"This doesn't look like {describe} — closest guess: {label} {prob:.0%}"

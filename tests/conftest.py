@@ -100,3 +100,62 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint, synthetic_data) -> Path:
     path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
     export_onnx(tiny_checkpoint, path, verify_images=synthetic_data / "val", n_verify=8)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ood_checkpoint(tmp_path_factory, tiny_checkpoint, synthetic_data) -> Path:
+    """``tiny_checkpoint``'s model plus "is it a pet?" statistics (``training.ood.fit_ood``,
+    kNN cosine) fitted on its embeddings of the synthetic train photos and calibrated on the
+    val photos, saved as a new checkpoint (``extra["ood"]``)."""
+    import torch
+
+    from training import load_checkpoint, save_checkpoint
+    from training.ood import fit_ood
+    from training.presets import preprocess_batch
+
+    model, labels = load_checkpoint(tiny_checkpoint)
+
+    def embed(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        files = [(f, y) for y, label in enumerate(labels) for f in sorted((synthetic_data / split / label).iterdir())]
+        x = torch.from_numpy(preprocess_batch([Image.open(f).convert("RGB") for f, _ in files]))
+        with torch.no_grad():
+            return model.embed(x), torch.tensor([y for _, y in files])
+
+    (train_x, train_y), (val_x, _) = embed("train"), embed("val")
+    state = fit_ood(train_x, train_y, val_x)
+    path = tmp_path_factory.mktemp("tiny_ood") / "tiny-ood.pt"
+    save_checkpoint(path, model, labels, extra={"ood": state})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ood_onnx(tmp_path_factory, tiny_ood_checkpoint, synthetic_data) -> Path:
+    """``tiny_ood_checkpoint`` exported by ``export.convert.export_onnx``: outputs
+    ``logits``, ``probabilities`` and ``ood_score``; metadata ``ood`` holds the threshold."""
+    from export.convert import export_onnx
+
+    path = tmp_path_factory.mktemp("tiny_ood_onnx") / "tiny-ood.onnx"
+    export_onnx(tiny_ood_checkpoint, path, verify_images=synthetic_data / "val", n_verify=8)
+    return path
+
+
+SHIFTED_KINDS = ("noise", "stripes", "triangle")
+
+
+def shifted_photo(kind: str, seed: int, size: tuple[int, int] = (160, 128)) -> Image.Image:
+    """An image clearly unlike ``synthetic_photo``'s (for "that's not a pet" tests):
+    ``"noise"`` full-range colour noise, ``"stripes"`` black-and-white bars at a random
+    angle and period, ``"triangle"`` a green triangle on a near-black background."""
+    rng = np.random.default_rng([seed, SHIFTED_KINDS.index(kind)])
+    w, h = size
+    if kind == "noise":
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+    if kind == "stripes":
+        period, angle = rng.integers(8, 24), rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:h, 0:w]
+        on = ((xx * np.cos(angle) + yy * np.sin(angle)) // (period / 2)) % 2 == 1
+        return Image.fromarray(np.repeat(on[..., None] * np.uint8(255), 3, axis=2), "RGB")
+    img = Image.new("RGB", size, (int(rng.integers(0, 40)),) * 3)
+    corners = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(3)]
+    ImageDraw.Draw(img).polygon(corners, fill=(int(rng.integers(0, 80)), int(rng.integers(180, 256)), int(rng.integers(0, 80))))
+    return img
