@@ -263,9 +263,17 @@ class Handlers:
 
     async def classify(self, upload: Upload, *, user: Hashable = "console",
                        acknowledge: Acknowledge | None = None) -> Reply:
-        """Top-3 labels with confidences for a photo."""
-        def render(ranked: list[tuple[str, float]], up: Upload | None) -> Reply:
-            return Reply(True, top_k_text(ranked), title=f"I see a {ranked[0][0]}")
+        """Top-3 labels with confidences for a photo, or, when the photo is unlike anything
+        the model was trained on, a plain "that's not a pet" with the closest guess."""
+        def render(found, up: Upload | None) -> Reply:
+            if (warning := found.message()) is None:
+                return Reply(True, top_k_text(found.top), title=f"I see a {found.top[0][0]}")
+            # Still show the bars: the closest guess is part of the lesson (a cats-vs-dogs
+            # network calls a car a cat or a dog, often at 99%).
+            text = (f"{warning}\n{top_k_text(found.top)}\n"
+                    f"The network only knows {_names(self.labels)}, so it always picks one of them; "
+                    "but this photo is unlike every photo it learned from.")
+            return Reply(True, text, title="That doesn't look like a pet")
 
         return await self._serve("classify", self.light, user, upload, acknowledge, "light_pool",
                                  _classify_job, render, self.model_path, self.limits)
@@ -367,6 +375,13 @@ class Handlers:
         if self.heavy_disabled:
             lines.append(f"/fool-me, /ideal and /explain are off: {self.heavy_disabled}.")
         return Reply(True, "\n".join(lines), title="petlens: a pet classifier you can poke at")
+
+
+def _names(labels: list[str]) -> str:
+    """"cat and dog", "cat, dog and rabbit", or "37 labels" when there are many."""
+    if len(labels) > 6:
+        return f"{len(labels)} labels"
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f" and {labels[-1]}"
 
 
 def _accuracy(meta: dict, metrics: dict) -> str | None:

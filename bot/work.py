@@ -105,10 +105,11 @@ def check_label(label: str, labels: list[str], what: str = "label") -> str:
 
 # --- commands ---------------------------------------------------------------------------
 
-def classify(model_path: str, data: bytes, limits: Limits, top_k: int = 3) -> list[tuple[str, float]]:
-    """Top-k ``(label, probability)`` for an uploaded photo."""
+def classify(model_path: str, data: bytes, limits: Limits, top_k: int = 3):
+    """Top-k ``(label, probability)`` and the "is it a pet?" verdict for an uploaded photo:
+    an ``export.runtime.Assessment`` (``is_pet`` None for a model without an OOD score)."""
     img = decode(data, limits, min_side=RESIZE_SIZE)  # big JPEGs decode at reduced scale
-    return [(label, float(p)) for label, p in classifier(model_path).predict(img, top_k=top_k)]
+    return classifier(model_path).assess(img, top_k=top_k)
 
 
 @dataclass
