@@ -31,6 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradio as gr
+from gradio.data_classes import FileData
 from PIL import Image
 
 from export.images import MAX_BYTES, ImageError, load_image
@@ -58,8 +59,10 @@ CLASSIFY_HELP = """\
 **Drop a photo, take one with the webcam or paste one.** The network shrinks it to 256 pixels
 on the short side, looks at the central 224×224 square and gives a probability per label.
 It only knows {labels}: anything else still gets one of them, so a coffee cup gets a
-confident answer too.
+confident answer too.{ood}
 """
+CLASSIFY_OOD_HELP = """ This model also compares the photo with the ones it learned from and
+says so when it looks like none of them."""
 FOOL_HELP = """\
 **An adversarial example.** Upload a photo and pick the label the network should see. Each
 colour value of each pixel moves by at most *strength*/255, far below what you notice, but
@@ -146,6 +149,16 @@ def _stem(upload: Any) -> str:
     return stem or "photo"
 
 
+def _verdict(found, names: str) -> str:
+    """Markdown under the Classify tab's label: "" for a pet (or a model without an OOD
+    score), else the "this doesn't look like a cat or a dog" warning with the closest guess."""
+    message = found.message()
+    if message is None:
+        return ""
+    return (f"⚠️ **{message}**  \nThe network only knows {names}, so it always picks one of them; "
+            "but this photo is unlike every photo it learned from.")
+
+
 # --------------------------------------------------------------------------- one function per tab
 
 
@@ -154,6 +167,24 @@ def classify(image: Any, *, classifier, top_k: int = 3) -> dict[str, float] | No
     if image is None:
         return None  # the input was cleared
     return _as_label(classifier.predict(_photo(image, min_side=256), top_k=top_k))
+
+
+def classify_with_verdict(image: Any, *, classifier, names: str = "these labels", top_k: int = 3) -> tuple[dict[str, float] | None, str]:
+    """Classify tab: :func:`classify`'s probabilities plus the "is it a pet?" verdict in
+    Markdown ("" when it is one), from one run of the model (``Classifier.assess``)."""
+    if image is None:
+        return None, ""
+    found = classifier.assess(_photo(image, min_side=256), top_k=top_k)
+    return _as_label(found.top), _verdict(found, names)
+
+
+def assess(image: Any, *, classifier, top_k: int = 3) -> dict[str, Any]:
+    """The ``/assess`` API: ``{"top": [[label, prob], ...], "is_pet": bool | None, "score",
+    "threshold", "message"}`` (``is_pet``/``score``/``threshold`` None for a model without
+    an OOD score; ``message`` the "doesn't look like a cat or a dog" warning or None)."""
+    found = classifier.assess(_photo(image, min_side=256), top_k=top_k)
+    return {"top": [[label, prob] for label, prob in found.top], "is_pet": found.is_pet, "score": found.score,
+            "threshold": found.threshold, "message": found.message()}
 
 
 def fool_me(
@@ -361,19 +392,36 @@ def build_demo(
                                  accuracy=_accuracy_note(classifier.metadata)))
 
         with gr.Tab("Classify"):
-            gr.Markdown(CLASSIFY_HELP.format(labels=names), elem_classes="petlens-help")
+            ood = getattr(classifier, "ood_threshold", None) is not None
+            gr.Markdown(CLASSIFY_HELP.format(labels=names, ood=CLASSIFY_OOD_HELP if ood else ""),
+                        elem_classes="petlens-help")
             with gr.Row():
                 with gr.Column():
                     photo = gr.Image(label="Your photo", sources=["upload", "webcam", "clipboard"], type="filepath")
                 with gr.Column():
                     top = gr.Label(label="What the network says", num_top_classes=3)
+                    not_a_pet = gr.Markdown(show_label=False)
+            # The verdict goes through a State: gradio_client leaves State outputs out, so the
+            # /classify API still returns the gr.Label value alone, as it always has, while
+            # the page shows the verdict from the same run of the model.
+            verdict = gr.State("")
             if photos:
                 gr.Examples(photos, inputs=photo, label="Or try one of these")
             photo.change(
-                _bind(classify, classifier=classifier), photo, top, api_name="classify",
-                preprocess=False, concurrency_limit=classify_concurrency, concurrency_id="classify",
-                show_progress="minimal",
-            )
+                _bind(classify_with_verdict, classifier=classifier, names=names), photo, [top, verdict],
+                api_name="classify", preprocess=False, concurrency_limit=classify_concurrency,
+                concurrency_id="classify", show_progress="minimal",
+            ).then(lambda text: text, verdict, not_a_pet, api_visibility="private", show_progress="hidden")
+            # A new photo (or a refused one) must not keep the last photo's warning: clear it in
+            # the browser at once, no server round trip.
+            photo.change(None, None, not_a_pet, js="() => ''", api_visibility="private", queue=False)
+
+            def assess_api(image: FileData) -> dict:
+                """Top-3 labels and whether the photo looks like a pet at all (the model's
+                out-of-distribution verdict): {"top", "is_pet", "score", "threshold", "message"}."""
+                return assess(image, classifier=classifier)
+
+            gr.api(assess_api, api_name="assess", concurrency_limit=classify_concurrency, concurrency_id="classify")
 
         with gr.Tab("Fool me"):
             gr.Markdown(FOOL_HELP, elem_classes="petlens-help")

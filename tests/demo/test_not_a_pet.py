@@ -1,0 +1,72 @@
+"""The Classify tab's "that's not a pet" verdict on a model with an out-of-distribution score
+(``tiny_ood_onnx``): through the ``/assess`` API with gradio_client and through the tab's
+function; ``/classify`` keeps returning the plain gr.Label value."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from gradio_client import Client, handle_file
+
+from tests.conftest import LABELS, shifted_photo, synthetic_photo
+
+NOT_A_PET = "This doesn't look like a cat or a dog — closest guess:"
+
+
+@pytest.fixture(scope="module")
+def ood_models(tiny_ood_onnx, tiny_ood_checkpoint):
+    from export.runtime import Classifier
+    from training import load_checkpoint
+
+    model, labels = load_checkpoint(tiny_ood_checkpoint)
+    return Classifier.load(tiny_ood_onnx), model, labels
+
+
+@pytest.fixture(scope="module")
+def ood_client(ood_models):
+    from demo.app import build_demo, launch
+
+    app = build_demo(*ood_models, fool_steps=5, ideal_steps=2, ideal_size=64)
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = launch(app, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    yield Client(url, verbose=False)
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("not-a-pet")
+    made = {"stripes": shifted_photo("stripes", 5), "cat": synthetic_photo("cat", 2, size=(320, 256))}
+    for name, img in made.items():
+        img.save(root / f"{name}.png")
+    return {name: str(root / f"{name}.png") for name in made}
+
+
+def test_assess_api_says_not_a_pet_for_stripes_and_nothing_for_a_cat(ood_client, ood_models, images):
+    stripes = ood_client.predict(handle_file(images["stripes"]), api_name="/assess")
+    assert stripes["is_pet"] is False and stripes["score"] > stripes["threshold"]
+    label, prob = stripes["top"][0]
+    assert label in LABELS and stripes["message"] == f"{NOT_A_PET} {label} {prob:.0%}"
+    assert [l for l, _ in stripes["top"]] == [l for l, _ in ood_models[0].predict(images["stripes"])]
+    cat = ood_client.predict(handle_file(images["cat"]), api_name="/assess")
+    assert cat["is_pet"] is True and cat["message"] is None and cat["top"][0][0] == "cat"
+
+
+def test_classify_api_still_returns_the_label_alone(ood_client, images):
+    result = ood_client.predict(handle_file(images["stripes"]), api_name="/classify")
+    assert isinstance(result, dict) and result["label"] in LABELS  # no verdict tuple for old clients
+
+
+def test_the_tab_shows_the_verdict_under_the_label(ood_models, images, demo_models):
+    from demo.app import classify_with_verdict
+
+    ood_clf = ood_models[0]
+    label, verdict = classify_with_verdict(images["stripes"], classifier=ood_clf, names="cat and dog")
+    assert NOT_A_PET in verdict and max(label, key=label.get) in verdict
+    assert classify_with_verdict(images["cat"], classifier=ood_clf)[1] == ""
+    # A model without an OOD score never warns, whatever the photo.
+    assert classify_with_verdict(images["stripes"], classifier=demo_models[0])[1] == ""
+    assert classify_with_verdict(None, classifier=ood_clf) == (None, "")
