@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Limits, Settings
-from bot_uploads import hostile_uploads
+from tests.bot.bot_uploads import hostile_uploads
 
 FOOL_STEPS = 10  # enough for the tiny model; keeps the heavy tests fast
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.client import PetBot
 from bot.fakes import FakeAttachment, FakeInteraction
-from bot_uploads import LABELS, photo_bytes
+from tests.bot.bot_uploads import LABELS, photo_bytes
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot_uploads import photo_bytes
+from tests.bot.bot_uploads import photo_bytes
 
 
 def console(*args: str, cwd: Path) -> tuple[int, dict]:

@@ -10,7 +10,7 @@ import pytest
 
 from bot.config import Limits
 from bot.handlers import ConfigError, Handlers, Upload, check_upload, top_k_text
-from bot_uploads import photo_bytes
+from tests.bot.bot_uploads import photo_bytes
 
 
 def upload(name="a.png", ctype="image/png", size=1000, width=None, height=None) -> Upload:

@@ -13,7 +13,7 @@ import pytest
 
 from bot.client import PetBot
 from bot.fakes import FakeAttachment, FakeInteraction
-from bot_uploads import _root, photo_bytes, png
+from tests.bot.bot_uploads import _root, photo_bytes, png
 
 NOT_A_PET = "This doesn't look like a cat or a dog — closest guess:"
 SHIFTED = {"stripes": _root.shifted_photo("stripes", 5), "noise": _root.shifted_photo("noise", 4)}
