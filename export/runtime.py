@@ -263,6 +263,14 @@ class Classifier:
         except (KeyError, ValueError, TypeError):
             return None
 
+    def ood_scores(self, batch: np.ndarray) -> np.ndarray:
+        """"Is it a pet?" scores ``[N]`` (higher = less like the training photos) for a
+        preprocessed batch; compare with :attr:`ood_threshold`. Needs a model with OOD output."""
+        if self.ood_threshold is None:
+            raise ModelError("this model has no ood_score output (export it from a calibrated checkpoint)")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run(["ood_score"], {self.input_name: batch})[0].reshape(-1)
+
     def assess(self, image: ImageSource, top_k: int = 3) -> "Assessment":
         """:meth:`predict` plus the out-of-distribution verdict, in one ``session.run``.
 

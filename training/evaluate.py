@@ -2,13 +2,17 @@
 
     python -m training.evaluate --model models/catsdogs.pt --data DIR [--json]
     python -m training.evaluate --model models/catsdogs.onnx --data DIR [--json]
+    python -m training.evaluate --model M --data DIR --ood NOT_PETS_DIR [--json]
 
 ``DIR`` holds one folder per class (``DIR/cat/``, ``DIR/dog/``; folder names are matched to
 the model's labels ignoring case), or is a dataset root with a ``val/`` folder of those.
 ``.pt`` runs in torch, ``.onnx`` in onnxruntime through :class:`export.runtime.Classifier`;
 both use the same decoding (:func:`export.images.load_image`) and the same preprocessing
 (:class:`training.presets.EvalPreset`). With ``--json`` the last stdout line is
-``{"accuracy": .., "n": .., "per_class": {label: accuracy}, ...}``.
+``{"accuracy": .., "n": .., "per_class": {label: accuracy}, ...}``; with ``--ood DIR`` (photos
+that are not of any trained class, in any folder structure) it adds
+``"ood": {"auroc", "false_accept_rate", "true_accept_rate", "threshold", "n_ood"}``, scored by
+the model's own "is it a pet?" statistics (:mod:`training.ood`) at its calibrated threshold.
 """
 
 from __future__ import annotations
@@ -52,6 +56,75 @@ def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predict, lis
         return torch.softmax(model(x.to(dev)).float(), 1).cpu().numpy()
 
     return predict, labels
+
+
+OODScore = Callable[[torch.Tensor], np.ndarray]  # [N,3,H,W] in [0,1] -> scores [N]
+
+
+def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, float]:
+    """A batch -> OOD scores function (higher = less like the training photos) and the
+    calibrated threshold, from the ``.pt`` checkpoint's statistics or the ``.onnx`` model's
+    ``ood_score`` output. A model without them is a ``ValueError`` saying how to add them."""
+    path = Path(path)
+    hint = (f"{path.name} has no 'is it a pet?' statistics; add them with "
+            "`python -m training.calibrate --checkpoint C --data DIR` (and re-export for .onnx)")
+    if path.suffix == ".onnx":
+        from export.runtime import Classifier
+
+        clf = Classifier.load(path)
+        if clf.ood_threshold is None:
+            raise ValueError(hint)
+        return (lambda x: clf.ood_scores(x.numpy())), clf.ood_threshold
+    from .checkpoint import load_checkpoint, read_checkpoint
+    from .distributed import resolve_device
+    from .ood import ood_scorer_from_checkpoint
+
+    scorer = ood_scorer_from_checkpoint(read_checkpoint(path))
+    if scorer is None:
+        raise ValueError(hint)
+    dev = resolve_device(device)
+    model, _ = load_checkpoint(path, dev)
+    scorer.to(dev)
+
+    @torch.inference_mode()
+    def score(x: torch.Tensor) -> np.ndarray:
+        features = model.embed(x.to(dev)).float()
+        return scorer(features, model.head(features)).cpu().numpy()
+
+    return score, scorer.threshold
+
+
+def ood_scores(score: OODScore, paths, *, batch_size: int = 64, workers: int = 0) -> tuple[np.ndarray, int]:
+    """Scores of the readable images among ``paths`` and how many were skipped."""
+    samples, skipped = check_images([(str(p), 0) for p in paths], workers=workers)
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, EvalPreset()), batch_size=batch_size,
+                                         num_workers=workers)
+    out = [score(x) for x, _ in loader]
+    return (np.concatenate(out) if out else np.zeros(0, dtype=np.float32)), len(skipped)
+
+
+def evaluate_ood(model: str | Path, data: str | Path, ood: str | Path, labels: list[str], *, device: str = "auto",
+                 batch_size: int = 64, workers: int = 0) -> dict:
+    """AUROC and accept rates of the model's OOD verdict: ``data``'s labelled photos (should be
+    accepted) against every image under ``ood`` (should be refused)."""
+    from .data import IMAGE_EXTENSIONS
+    from .ood import ood_metrics
+
+    ood = Path(ood)
+    if not ood.is_dir():
+        raise DatasetError(f"--ood folder not found: {ood}")
+    out_paths = sorted(p for p in ood.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not out_paths:
+        raise DatasetError(f"no images under {ood}")
+    score, threshold = load_ood_scorer(model, device)
+    _, samples = scan_class_folders(class_folder(data), labels)
+    in_scores, _ = ood_scores(score, [p for p, _ in samples], batch_size=batch_size, workers=workers)
+    out_scores, skipped = ood_scores(score, out_paths, batch_size=batch_size, workers=workers)
+    if len(out_scores) == 0:
+        raise DatasetError(f"none of the images under {ood} could be read")
+    metrics = ood_metrics(torch.from_numpy(in_scores), torch.from_numpy(out_scores), threshold)
+    return {k: round(v, 5) for k, v in metrics.items()} | {"threshold": threshold, "n_ood": len(out_scores),
+                                                           "skipped_ood": skipped}
 
 
 def class_folder(data: str | Path) -> Path:
@@ -100,14 +173,18 @@ def evaluate_model(
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Score a .pt or .onnx model on labelled photos.", add_help=add_help)
-    p.add_argument("--model", required=True, type=Path, help="a checkpoint (.pt) or an exported model (.onnx)")
-    p.add_argument("--data", required=True, type=Path,
+    p = argparse.ArgumentParser(prog="python -m training.evaluate",
+                                description="Score a .pt or .onnx model on labelled photos.", add_help=add_help)
+    p.add_argument("--model", required=True, type=Path, metavar="M", help="a checkpoint (.pt) or an exported model (.onnx)")
+    p.add_argument("--data", required=True, type=Path, metavar="DIR",
                    help="a folder of class folders (DIR/cat/, DIR/dog/), or a dataset root with val/")
+    p.add_argument("--ood", type=Path, default=None, metavar="DIR",
+                   help="photos of none of the classes (any folder structure): adds AUROC and accept rates "
+                   "of the model's 'is it a pet?' verdict")
     p.add_argument("--json", action="store_true", help="print one JSON line (accuracy, n, per_class) last")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device for .pt models")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image-decoding processes")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="W", help="image-decoding processes")
     return p
 
 
@@ -125,15 +202,25 @@ def _print_report(results: dict) -> None:
             print(f"  {lab:<{width}}  " + " ".join(f"{v:>6}" for v in row))
 
 
+def _print_ood(ood: dict) -> None:
+    print(f"not-a-pet check on {ood['n_ood']} other photos: AUROC {ood['auroc']:.3f}, "
+          f"{ood['true_accept_rate']:.1%} of the labelled photos accepted, "
+          f"{ood['false_accept_rate']:.1%} of the others wrongly accepted (threshold {ood['threshold']:.4g})")
+
+
 def main(args: argparse.Namespace) -> dict:
     predict, labels = load_predictor(args.model, args.device)
     results = evaluate_model(predict, labels, args.data, batch_size=args.batch_size,
                              workers=args.workers, progress=not args.json)
-    # Further measurements (e.g. out-of-distribution scores) add keys to ``results`` here.
+    if args.ood is not None:
+        results["ood"] = evaluate_ood(args.model, args.data, args.ood, labels, device=args.device,
+                                      batch_size=args.batch_size, workers=args.workers)
     if args.json:
         print(json.dumps(results))
     else:
         _print_report(results)
+        if "ood" in results:
+            _print_ood(results["ood"])
     return results
 
 
