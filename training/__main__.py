@@ -40,35 +40,45 @@ def _positive(kind):
     return parse
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Fine-tune an ImageNet CNN on pet photos.", add_help=add_help)
-    p.add_argument("--data", required=True, type=Path,
+    p = argparse.ArgumentParser(prog="python -m training", description="Fine-tune an ImageNet CNN on pet photos.",
+                                add_help=add_help)
+    p.add_argument("--data", required=True, type=Path, metavar="DIR",
                    help="photo folder: DIR/train/<class>/ (+ DIR/val/<class>/), DIR/<class>/, "
                         "a PetImages folder (Cat/, Dog/) or an Oxford-IIIT Pet folder (images/)")
-    p.add_argument("--out", required=True, type=Path, help="run folder for model.pt, metrics.json and plots")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN", help="run folder for model.pt, metrics.json and plots")
     p.add_argument("--arch", default="mobilenet_v2", choices=ARCHS, help="torchvision backbone")
-    p.add_argument("--weights", default="imagenet",
+    p.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
                    help="imagenet (torchvision download), none (random init) or PATH to a "
                         "torchvision-layout state dict (the offline route)")
     p.add_argument("--mode", default="head", choices=("head", "finetune"),
                    help="head: frozen backbone, cached features, linear head (fast on CPU); "
                         "finetune: late blocks + head on augmented images")
-    p.add_argument("--epochs", type=_positive(int), default=None,
+    p.add_argument("--epochs", type=_positive(int), default=None, metavar="N",
                    help=f"epochs (default: {DEFAULTS['head'][0]} head, {DEFAULTS['finetune'][0]} finetune)")
-    p.add_argument("--batch-size", type=_positive(int), default=32, help="images per batch and per process")
-    p.add_argument("--lr", type=_positive(float), default=None,
+    p.add_argument("--batch-size", type=_positive(int), default=32, metavar="B", help="images per batch and per process")
+    p.add_argument("--lr", type=_positive(float), default=None, metavar="LR",
                    help=f"head learning rate; the backbone gets a tenth (default {DEFAULTS['head'][1]:g})")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = CUDA when available (under torchrun: the GPU of LOCAL_RANK)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and data order")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for the split, initialisation and data order")
     # Knobs beyond the core contract, with defaults that suit most runs.
     p.add_argument("--unfreeze", default="late", choices=("late", "all"),
                    help="finetune: train the backbone's late blocks only, or all of it")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--label-smoothing", type=_fraction, default=0.1, metavar="F",
+                   help="cross-entropy label smoothing, in [0, 1)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                    help="held-out fraction per class when the data has no val/ split")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="image-decoding worker processes per training process")
+    p.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="image-decoding worker processes per training process "
+                        "(default: the CPU cores shared among this machine's processes, at most 8)")
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
                    help="mixed precision: auto = bf16 (or fp16) on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (worth it on GPUs for long runs)")
@@ -118,6 +128,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> dict:
     start = time.perf_counter()
     epochs, lr = DEFAULTS[args.mode]
     args.epochs, args.lr = args.epochs or epochs, args.lr or lr
+    if args.workers is None:  # torchrun starts LOCAL_WORLD_SIZE processes on this machine
+        args.workers = min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
@@ -136,7 +148,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> dict:
     seconds = time.perf_counter() - start
     metrics = _metrics(args, info, splits, result, seconds, precision)
     if info.is_main:
-        _write_outputs(args.out, model, splits.labels, result, metrics)
+        _write_outputs(args.out, model, splits, result, metrics, args)
         print(f"best epoch {result.best_epoch}: val accuracy {metrics['val_accuracy']:.2%} "
               f"({metrics['n_val']} images); {seconds:.0f}s in all -> {args.out / 'model.pt'}", flush=True)
     distributed.barrier()  # no rank exits before the checkpoint is on disk
@@ -177,15 +189,23 @@ def _metrics(args, info: DistInfo, splits: Splits, result: FitResult, seconds: f
     }
 
 
-def _write_outputs(out: Path, model, labels: list[str], result: FitResult, metrics: dict) -> None:
+def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics: dict, args) -> None:
+    from .calibrate import fit_model_ood
+    from .ood import ood_summary
     from .plots import plot_confusion, plot_curves
 
+    labels = splits.labels
     out.mkdir(parents=True, exist_ok=True)
     model.load_state_dict(result.best_state)
     model.to(memory_format=torch.contiguous_format)
+    # "Is it a pet?" statistics of the best model (eval-preset features; rank 0 alone, no
+    # collectives), so every checkpoint can tell a cat from a car (training/ood.py).
+    ood = fit_model_ood(model, splits.train, splits.val, batch_size=args.batch_size, workers=min(args.workers, 2))
+    metrics["ood"] = ood_summary(ood)
     keep = ("val_accuracy", "val_loss", "n_val", "per_class", "confusion", "best_epoch", "mode", "epochs", "seed")
     save_checkpoint(out / "model.pt", model.cpu(), labels, image_size=CROP_SIZE,
-                    metrics={k: metrics[k] for k in keep} | {"data": metrics["data"]["layout"]})
+                    metrics={k: metrics[k] for k in keep} | {"data": metrics["data"]["layout"]},
+                    extra={"ood": ood})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     title = f"{metrics['arch']} {metrics['mode']}"
     plot_curves(result.history, out / "curves.png", title=title)

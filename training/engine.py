@@ -91,11 +91,13 @@ def train_one_epoch(
     *,
     precision: Precision | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
     progress: bool = False,
     desc: str | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; the caller sets train/eval mode (frozen BatchNorm stays
-    in eval mode while the rest trains). ``scheduler`` steps per batch."""
+    in eval mode while the rest trains). ``scheduler`` steps per batch, and ``ema`` (a
+    weight average of the unwrapped model) is updated after every optimizer step."""
     from tqdm.auto import tqdm
 
     precision = precision or Precision(device)
@@ -119,6 +121,8 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(getattr(model, "module", model))
         loss_sum += loss.item() * y.shape[0]
         correct += (logits.argmax(1) == y).sum().item()
         n += y.shape[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -15,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .data import ImageDataset, Sample
 from .distributed import DistInfo, ShardSampler
@@ -48,9 +50,11 @@ class FitResult:
         return False
 
 
-def make_loader(dataset, batch_size: int, info: DistInfo, *, train: bool, workers: int, seed: int):
+def make_loader(dataset, batch_size: int, info: DistInfo, *, train: bool, workers: int, seed: int,
+                persistent: bool = False):
     """Train: shuffled (DistributedSampler under torchrun, reshuffled by ``set_epoch``);
-    eval: each rank's contiguous shard, nothing padded. Pinned memory only helps GPU copies."""
+    eval: each rank's contiguous shard, nothing padded. Pinned memory only helps GPU copies;
+    ``persistent`` keeps the workers alive between epochs (for loaders used every epoch)."""
     if train and info.distributed:
         sampler = torch.utils.data.DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed)
     elif train:
@@ -63,7 +67,7 @@ def make_loader(dataset, batch_size: int, info: DistInfo, *, train: bool, worker
         sampler=sampler,
         num_workers=workers,
         pin_memory=info.device.type == "cuda",
-        persistent_workers=workers > 0 and train,
+        persistent_workers=workers > 0 and persistent,
         generator=torch.Generator().manual_seed(seed + info.rank),  # seeds the workers' RNGs
     )
 
@@ -115,8 +119,13 @@ def cache_features(model, samples: Sequence[Sample], args: Namespace, info: Dist
     embed = torch.compile(model.embed) if args.compile else model.embed
     loader = make_loader(ImageDataset(samples, EvalPreset()), args.batch_size, info,
                          train=False, workers=args.workers, seed=args.seed)
-    return extract_features(embed, loader, info.device, precision=precision, progress=info.is_main,
-                            desc=desc, feature_dim=model.feature_dim)
+    start = time.perf_counter()
+    feats = extract_features(embed, loader, info.device, precision=precision, progress=info.is_main,
+                             desc=desc, feature_dim=model.feature_dim)
+    seconds = time.perf_counter() - start
+    if info.is_main:
+        print(f"{desc}: {len(samples)} images in {seconds:.1f}s ({len(samples) / seconds:.1f} img/s)", flush=True)
+    return feats
 
 
 def fit_head(model, train: Sequence[Sample], val: Sequence[Sample], args: Namespace, info: DistInfo,
@@ -194,7 +203,8 @@ def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], args: Na
                  precision: Precision) -> FitResult:
     """Linear probe, then fine-tune (LP-FT): the head first trains on cached features,
     then late backbone blocks + head train on augmented images (TrainPreset), the backbone
-    at a tenth of the head's learning rate, with label smoothing and warm-up + cosine decay.
+    at a tenth of the head's learning rate, with label smoothing, warm-up + cosine decay
+    and an exponential moving average of the weights.
 
     Starting from a trained head means the first backbone updates follow useful gradients
     instead of a random head's, which distorts pretrained features less and generalises
@@ -211,10 +221,18 @@ def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], args: Na
     if info.distributed:
         net = DDP(model, device_ids=[info.device] if info.device.type == "cuda" else None)
     fwd = torch.compile(net) if args.compile else net
+    # Validate (and ship) an exponential moving average of the weights: it smooths out the
+    # last mini-batches' noise, so the val curve and the best-epoch pick are steadier.
+    # Its horizon is about one epoch; it starts from the warm-started model.
+    decay = min(0.999, max(0.9, 1.0 - 1.0 / max(1, math.ceil(len(train) / (args.batch_size * info.world_size)))))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    # It is a bare model (no DDP): ranks hold val shards of unequal length, and DDP's
+    # forward is a collective that would wait for the shorter rank.
+    eval_fwd = torch.compile(ema.module) if args.compile else ema.module
     train_loader = make_loader(ImageDataset(train, TrainPreset()), args.batch_size, info,
-                               train=True, workers=args.workers, seed=args.seed)
+                               train=True, workers=args.workers, seed=args.seed, persistent=True)
     val_loader = make_loader(ImageDataset(val, EvalPreset()), 2 * args.batch_size, info,
-                             train=False, workers=args.workers, seed=args.seed)
+                             train=False, workers=args.workers, seed=args.seed, persistent=True)
     backbone = [p for b in trainable for p in b.parameters()]
     optimizer = torch.optim.AdamW(
         [{"params": list(model.head.parameters()), "lr": args.lr},
@@ -230,9 +248,9 @@ def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], args: Na
         lr = optimizer.param_groups[0]["lr"]
         train_mode(model, trainable)
         stats = train_one_epoch(fwd, criterion, optimizer, train_loader, info.device, epoch,
-                                precision=precision, scheduler=scheduler, progress=info.is_main,
+                                precision=precision, scheduler=scheduler, ema=ema, progress=info.is_main,
                                 desc=f"epoch {epoch}/{args.epochs}")
-        val_res = evaluate(fwd, criterion, val_loader, info.device, num_classes, precision=precision)
+        val_res = evaluate(eval_fwd, criterion, val_loader, info.device, num_classes, precision=precision)
         row = _row(epoch, stats, val_res, lr)
-        _log(info, row, result.observe(epoch, row, val_res, model))
+        _log(info, row, result.observe(epoch, row, val_res, ema.module))
     return result

@@ -42,12 +42,14 @@ def test_two_process_head_training_matches_one_process(helpers, synthetic_data, 
 @pytest.mark.slow
 def test_two_process_finetune_writes_one_checkpoint(helpers, tmp_path):
     helpers.write_imagefolder(tmp_path / "data" / "train", 4)
-    helpers.write_imagefolder(tmp_path / "data" / "val", 3, seed0=1000)
+    # 9 val images in batches of 4: the ranks evaluate 2 and 1 batches, which must not hang.
+    helpers.write_imagefolder(tmp_path / "data" / "val", 5, seed0=1000, labels=["cat"])
+    helpers.write_imagefolder(tmp_path / "data" / "val", 4, seed0=1000, labels=["dog"])
     torchrun(helpers, "--data", tmp_path / "data", "--out", tmp_path / "ddp", "--mode", "finetune",
-             "--epochs", "1", *FAST)
+             "--epochs", "1", *FAST, "--batch-size", "2")
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["mode"] == "finetune"
-    assert metrics["history"][0]["train_images"] == 8 and metrics["n_val"] == 6
+    assert metrics["history"][0]["train_images"] == 8 and metrics["n_val"] == 9
     from training import load_checkpoint
 
     model, labels = load_checkpoint(tmp_path / "ddp" / "model.pt")  # a plain model, no DDP "module." keys

@@ -45,6 +45,10 @@ def test_best_checkpoint_reproduces_its_val_accuracy(head_run, synthetic_data):
     raw = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert raw["config"]["labels"] == ["cat", "dog"] and raw["config"]["arch"] == "mobilenet_v3_small"
     assert raw["metrics"]["val_accuracy"] == metrics["val_accuracy"]
+    # Every run carries calibrated "is it a pet?" statistics (kNN bank + threshold).
+    ood = raw["extra"]["ood"]
+    assert ood["method"] == "knn" and ood["n_train"] == 48 and ood["val_tpr"] >= 0.95
+    assert json.loads((out / "metrics.json").read_text())["ood"]["threshold"] == ood["threshold"]
     # The head was trained on standardized features; the folded weights must give the
     # same predictions on raw images as the training run measured.
     predict, labels = load_predictor(out / "model.pt", "cpu")
