@@ -25,7 +25,7 @@ from .presets import EvalPreset, TrainPreset
 
 DEFAULTS = {  # per mode: (epochs, lr); the backbone trains at BACKBONE_LR_SCALE * lr
     "head": (20, 1e-3),
-    "finetune": (8, 1e-3),
+    "finetune": (10, 1e-3),
 }
 BACKBONE_LR_SCALE = 0.1
 HEAD_WARM_START_EPOCHS = 10  # finetune: linear-probe epochs on cached features first
