@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 
-def _root_conftest():
-    # tests/bot/conftest.py is imported under the module name "conftest" too, so
-    # `from conftest import ...` is ambiguous: load the shared helpers under a name of their own.
-    spec = importlib.util.spec_from_file_location("petlens_tests_root", Path(__file__).parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 
 
-_root = _root_conftest()
+_root = _root_module
 synthetic_photo = _root.synthetic_photo
 LABELS = _root.LABELS
 

@@ -3,7 +3,6 @@ photos and hostile uploads. Everything is made in the test session (no ../shared
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import socket
 import struct
@@ -13,16 +12,10 @@ from pathlib import Path
 import pytest
 
 
-def _root_conftest():
-    """tests/conftest.py's helpers. Not ``from conftest import``: pytest imports every
-    conftest.py under that one module name, so here it would name this very file."""
-    spec = importlib.util.spec_from_file_location("_petlens_tests_root", Path(__file__).resolve().parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 
 
-_root = _root_conftest()
+_root = _root_module
 LABELS, synthetic_photo = _root.LABELS, _root.synthetic_photo
 
 FOOL_STEPS = 20  # the tiny model flips in a few steps; keeps the heavy calls short

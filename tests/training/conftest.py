@@ -3,7 +3,6 @@ helper that runs a command line the way a user would (a fresh process)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,16 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _root_conftest():
-    # Two conftest.py files and no packages: load the root one's helpers under a name of
-    # their own, so this works however pytest is started (no sys.path assumptions).
-    spec = importlib.util.spec_from_file_location("_petlens_tests_root_training", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 
 
-_root = _root_conftest()
+_root = _root_module
 synthetic_photo, write_imagefolder = _root.synthetic_photo, _root.write_imagefolder
 
 

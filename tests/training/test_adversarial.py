@@ -3,9 +3,7 @@ model, inputs left alone, model mode restored, the differentiable pieces matchin
 
 from __future__ import annotations
 
-import importlib.util
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,17 +26,10 @@ from training.jpeg import jpeg, quant_tables
 from training.presets import preprocess
 
 
-def _root_conftest():
-    # Every conftest.py is imported as module "conftest": load the root one's helpers
-    # under a name of their own.
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_petlens_tests_root_adversarial", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 
 
-synthetic_photo = _root_conftest().synthetic_photo
+synthetic_photo = _root_module.synthetic_photo
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@ are the ONNX model's verdicts on what a user would receive (no timing is asserte
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -13,17 +11,10 @@ from PIL import Image
 from training.bench_attacks import get_args_parser, main
 
 
-def _root_conftest():
-    # Every conftest.py is imported as module "conftest": load the root one's helpers
-    # under a name of their own.
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_petlens_tests_root_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 
 
-synthetic_photo = _root_conftest().synthetic_photo
+synthetic_photo = _root_module.synthetic_photo
 
 
 @pytest.mark.slow  # attacks, ideal images and README pictures: ~10 s on an idle machine

@@ -3,7 +3,6 @@ a bad image answered per image while the others still run, bad flags refused cle
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,16 +18,10 @@ from training.fool import get_args_parser, main, parse_eps
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _root_conftest():
-    # Every conftest.py is imported as module "conftest": load the root one's helpers
-    # under a name of their own.
-    spec = importlib.util.spec_from_file_location("_petlens_tests_root_fool_cli", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 
 
-synthetic_photo = _root_conftest().synthetic_photo
+synthetic_photo = _root_module.synthetic_photo
 
 
 @pytest.fixture()

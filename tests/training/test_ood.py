@@ -25,19 +25,10 @@ from training.ood import (
 from training.presets import preprocess_batch
 
 
-def _root_conftest():
-    # Every conftest.py is imported as module "conftest", so `from conftest import` may name
-    # another folder's: load tests/conftest.py's helpers under a name of their own.
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("_petlens_tests_root_ood", Path(__file__).resolve().parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 
 
-_root = _root_conftest()
+_root = _root_module
 LABELS, synthetic_photo = _root.LABELS, _root.synthetic_photo
 
 
