@@ -253,7 +253,7 @@ class Classifier:
             results.extend(self._top(p, top_k) for p in probs)
         return results
 
-    @property
+    @functools.cached_property  # read once: assess() runs per request
     def ood_threshold(self) -> float | None:
         """The calibrated "is it a pet?" threshold, or None for a model without an OOD score."""
         if "ood_score" not in getattr(self, "_outputs", ()):  # remote models: no OOD output
