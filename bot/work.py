@@ -67,6 +67,11 @@ def warm(model_path: str, checkpoint: str | None, torch_threads: int) -> None:
         # Several jobs run side by side; one intra-op thread each avoids oversubscribing cores.
         torch.set_num_threads(max(1, torch_threads))
         torch_model(checkpoint)
+        # Import the heavy commands' modules here too: a first import (compiling .py files,
+        # holding the GIL) inside the first /fool-me would stall the event loop for ~0.5 s.
+        import training.adversarial  # noqa: F401
+        import training.explain  # noqa: F401
+        import training.ideal  # noqa: F401
     classifier(model_path)
 
 
