@@ -98,21 +98,26 @@ def load_batch(clf: Classifier, files: list[Path]) -> tuple[np.ndarray, int]:
 
 
 def float_tail(model: onnx.ModelProto) -> list[str]:
-    """Nodes from the final global pooling on: the head's Gemm, the softmax and any OOD
+    """Nodes from the final global pooling(s) on: the head's Gemm, the softmax and any OOD
     scorer. They stay float: quantized, probabilities would come in steps of 1/255 (0.4 %,
     "0 %" for the runner-up, rows not summing to 1), OOD similarities would move against
-    their calibrated threshold, and all of it costs nothing next to the trunk."""
-    nodes = list(model.graph.node)  # ONNX graphs are topologically sorted
-    pools = [i for i, n in enumerate(nodes) if n.op_type in ("GlobalAveragePool", "ReduceMean")]
-    outputs = {o.name for o in model.graph.output}
-    if not pools:
-        return [n.name for n in nodes if outputs.intersection(n.output)]
-    tail, produced = [], set()
-    for i, node in enumerate(nodes):
-        if i == pools[-1] or produced.intersection(node.input):
-            tail.append(node.name)
-            produced.update(node.output)
-    return tail
+    their calibrated threshold, and all of it costs nothing next to the trunk.
+
+    Found by walking back from the graph's outputs and stopping at each pooling node, so a
+    graph with two tails (the fine-tuned blocks and the OOD reference blocks) keeps both
+    poolings' consumers float, and squeeze-excitation poolings inside a trunk are not reached."""
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    wanted, seen, tail = [o.name for o in model.graph.output], set(), set()
+    while wanted:
+        node = producer.get(wanted.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        tail.add(node.name)
+        if node.op_type not in ("GlobalAveragePool", "ReduceMean"):
+            wanted.extend(node.input)
+    return [n.name for n in nodes if n.name in tail]  # in graph order
 
 
 def _pre_process(src: Path, out: Path) -> Path:
