@@ -4,8 +4,6 @@ explanations, concurrency, and readable refusals of hostile uploads."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import gradio as gr
 import numpy as np
 import pytest
