@@ -105,7 +105,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from training import load_checkpoint
+    from training import load_checkpoint, read_checkpoint
+    from training.ood import ClassifierWithOOD, ood_scorer_from_checkpoint
 
     from .runtime import CPU, CUDA, Classifier, default_threads
 
@@ -118,6 +119,9 @@ def main(args: argparse.Namespace) -> int:
     providers = [CUDA, CPU] if args.device == "cuda" else [CPU]
     device = torch.device(args.device)
     model, labels = load_checkpoint(args.checkpoint, device=device)
+    # torch does the same work as the ONNX graph: with the OOD score (and its reference blocks) when it has one.
+    scorer = ood_scorer_from_checkpoint(read_checkpoint(args.checkpoint))
+    net = ClassifierWithOOD(model, scorer).to(device).eval() if scorer is not None else model
     fp32 = Classifier.load(args.onnx, providers=providers, threads=threads, spinning=args.spinning)
     int8 = Classifier.load(args.int8, providers=[CPU], threads=threads, spinning=args.spinning) if args.int8 and args.int8.is_file() else None
     files, ys = labelled_files(args.data, labels)
@@ -128,8 +132,8 @@ def main(args: argparse.Namespace) -> int:
 
     def torch_run(x: np.ndarray):
         with torch.inference_mode():
-            out = model(torch.from_numpy(x).to(device))
-            return out.cpu()  # includes the device sync on CUDA
+            out = net(torch.from_numpy(x).to(device))
+            return out[0].cpu() if isinstance(out, tuple) else out.cpu()  # includes the device sync on CUDA
 
     # Latency, the three engines interleaved.
     for bs, x, rep in ((1, x1, args.repeat), (32, x32, max(3, args.repeat // 3))):

@@ -105,21 +105,26 @@ def generated_images(n: int = 8, seed: int = 0) -> list[Image.Image]:
 
 def _export_module(model, half: bool, scorer=None):
     """The model plus a softmax, optionally computing in float16 between float32 I/O, and
-    with the checkpoint's out-of-distribution scorer (``training.ood``) as a third output."""
+    with the checkpoint's out-of-distribution scorer (``training.ood``) as a third output
+    (reading the features it was fitted on: the model's own, or its pretrained reference blocks)."""
     import torch
+
+    from training.ood import ScoreFeatures
 
     class Exported(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = model.half() if half else model
+            self.features = ScoreFeatures(model, scorer.reference if scorer is not None else None)
+            if half:
+                self.features.half()
             self.scorer = scorer
 
         def forward(self, image: torch.Tensor):
-            features = self.model.embed(image.half() if half else image)
-            logits = self.model.head(features).float()  # softmax in float32 even for an fp16 trunk
+            features, scored = self.features(image.half() if half else image)
+            logits = self.features.model.head(features).float()  # softmax in float32 even for an fp16 trunk
             outputs = (logits, torch.softmax(logits, dim=1))
             if self.scorer is not None:
-                outputs += (self.scorer(features.float(), logits),)
+                outputs += (self.scorer(scored.float(), logits),)
             return outputs
 
     return Exported().eval()
@@ -139,7 +144,8 @@ def _scalars(obj: Any) -> Any:
     (an OOD feature bank is megabytes and lives in the graph instead)."""
     if isinstance(obj, dict):
         kept = {str(k): _scalars(v) for k, v in obj.items()}
-        return {k: v for k, v in kept.items() if v is not None}
+        kept = {k: v for k, v in kept.items() if v is not None and v != {}}
+        return kept if kept or not obj else None  # a dict of tensors only goes too
     if isinstance(obj, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in obj):
         return list(obj)
     return obj if isinstance(obj, (str, int, float, bool)) else None

@@ -45,6 +45,23 @@ def write_imagefolder(root: Path, per_class: int, seed0: int = 0, labels=LABELS,
     return root
 
 
+def finetuned_copy(model, first_changed: int, seed: int = 0):
+    """A copy of ``model`` whose trunk blocks from ``first_changed`` on were "fine-tuned"
+    (weights and BatchNorm statistics moved), as ``--mode finetune --unfreeze late`` does."""
+    import copy
+
+    import torch
+
+    tuned = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in list(tuned.trunk.children())[first_changed:]:
+            for t in block.state_dict().values():
+                if t.dtype.is_floating_point:
+                    t.add_(0.05 * torch.randn(t.shape, generator=g) * (t.abs().mean() + 0.1))
+    return tuned
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """An ImageFolder root with ``train/`` (24 per class) and ``val/`` (12 per class)."""

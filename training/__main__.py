@@ -137,6 +137,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> dict:
     if info.is_main:
         print(_summary(splits), flush=True)
     model = build_model(args.arch, len(splits.labels), weights=args.weights)
+    # The backbone as it starts: where fine-tuning changes it, the "is it a pet?" score keeps
+    # reading these pretrained features (training/ood.py says why).
+    pretrained = None if args.weights in (None, "none") else {k: v.clone() for k, v in model.trunk.state_dict().items()}
     model.to(info.device, memory_format=torch.channels_last)
     precision = Precision.choose(info.device, args.amp)
     if info.is_main:
@@ -148,7 +151,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> dict:
     seconds = time.perf_counter() - start
     metrics = _metrics(args, info, splits, result, seconds, precision)
     if info.is_main:
-        _write_outputs(args.out, model, splits, result, metrics, args)
+        _write_outputs(args.out, model, splits, result, metrics, args, pretrained)
         print(f"best epoch {result.best_epoch}: val accuracy {metrics['val_accuracy']:.2%} "
               f"({metrics['n_val']} images); {seconds:.0f}s in all -> {args.out / 'model.pt'}", flush=True)
     distributed.barrier()  # no rank exits before the checkpoint is on disk
@@ -189,7 +192,8 @@ def _metrics(args, info: DistInfo, splits: Splits, result: FitResult, seconds: f
     }
 
 
-def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics: dict, args) -> None:
+def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics: dict, args,
+                   pretrained: dict[str, torch.Tensor] | None) -> None:
     from .calibrate import fit_model_ood
     from .ood import ood_summary
     from .plots import plot_confusion, plot_curves
@@ -200,7 +204,8 @@ def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics:
     model.to(memory_format=torch.contiguous_format)
     # "Is it a pet?" statistics of the best model (eval-preset features; rank 0 alone, no
     # collectives), so every checkpoint can tell a cat from a car (training/ood.py).
-    ood = fit_model_ood(model, splits.train, splits.val, batch_size=args.batch_size, workers=min(args.workers, 2))
+    ood = fit_model_ood(model, splits.train, splits.val, batch_size=args.batch_size, workers=min(args.workers, 2),
+                        pretrained=pretrained)
     metrics["ood"] = ood_summary(ood)
     keep = ("val_accuracy", "val_loss", "n_val", "per_class", "confusion", "best_epoch", "mode", "epochs", "seed")
     save_checkpoint(out / "model.pt", model.cpu(), labels, image_size=CROP_SIZE,

@@ -4,11 +4,15 @@
 checkpoint that already exists (trained before OOD statistics existed, or to recalibrate
 on other photos)::
 
-    python -m training.calibrate --checkpoint RUN/model.pt --data DIR [--target-tpr 0.95]
+    python -m training.calibrate --checkpoint RUN/model.pt --data DIR \\
+        [--weights imagenet|PATH] [--target-tpr 0.95]
 
-The features are the model's own pooled penultimate features under the *eval*
-preprocessing (never augmented), of the training photos (the kNN bank) and of the
-validation photos (only to place the threshold so ``target_tpr`` of real pets pass).
+The features are pooled penultimate features under the *eval* preprocessing (never
+augmented), of the training photos (the kNN bank) and of the validation photos (only to
+place the threshold so ``target_tpr`` of real pets pass). With ``--weights`` (the weights the
+model was fine-tuned from, as given to ``python -m training``) they are those pretrained
+blocks' features wherever fine-tuning changed the backbone (:func:`training.ood.reference_state`),
+which tell a horse from a dog far better; without it, the model's own.
 """
 
 from __future__ import annotations
@@ -21,25 +25,34 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .data import DatasetError, ImageDataset, Sample, find_dataset
-from .ood import fit_ood, ood_summary
+from .model import build_model
+from .ood import ScoreFeatures, fit_ood, ood_summary, reference_state
 from .presets import EvalPreset
 
 
 @torch.inference_mode()
-def embed_samples(model, samples: Sequence[Sample], *, batch_size: int = 32, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_samples(model, samples: Sequence[Sample], *, batch_size: int = 32, workers: int = 0,
+                  reference: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``([N, D] float32 features, [N] labels)`` of ``samples`` under the eval preset, on
-    this process only (no collectives, so rank 0 of a torchrun job may call it alone)."""
+    this process only (no collectives, so rank 0 of a torchrun job may call it alone).
+    The features are the ones the OOD score reads (:class:`training.ood.ScoreFeatures`)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    features = ScoreFeatures(model, reference).to(device).eval()
     loader = torch.utils.data.DataLoader(ImageDataset(samples, EvalPreset()), batch_size=batch_size,
                                          shuffle=False, num_workers=workers)
     feats, labels = [], []
     try:
         for x, y in loader:
-            feats.append(model.embed(x.to(device)).float().cpu())
+            feats.append(features(x.to(device))[1].float().cpu())
             labels.append(y)
     finally:
         model.train(was_training)
@@ -50,13 +63,25 @@ def embed_samples(model, samples: Sequence[Sample], *, batch_size: int = 32, wor
 
 
 def fit_model_ood(model, train: Sequence[Sample], val: Sequence[Sample], *, target_tpr: float = 0.95,
-                  batch_size: int = 32, workers: int = 0) -> dict[str, Any]:
-    """Embed ``train`` and ``val`` with ``model`` and fit :func:`training.ood.fit_ood`."""
+                  batch_size: int = 32, workers: int = 0,
+                  pretrained: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Embed ``train`` and ``val`` and fit :func:`training.ood.fit_ood`.
+
+    ``pretrained``: the backbone's state dict before fine-tuning (``model.trunk`` keys); the
+    blocks fine-tuning changed are then scored with their pretrained weights."""
     if not train or not val:
         raise DatasetError("OOD calibration needs both training and validation photos")
-    train_f, train_y = embed_samples(model, train, batch_size=batch_size, workers=workers)
-    val_f, _ = embed_samples(model, val, batch_size=batch_size, workers=workers)
-    return fit_ood(train_f, train_y, val_f, target_tpr=target_tpr)
+    reference = reference_state(model.trunk, pretrained) if pretrained is not None else {}
+    train_f, train_y = embed_samples(model, train, batch_size=batch_size, workers=workers, reference=reference)
+    val_f, _ = embed_samples(model, val, batch_size=batch_size, workers=workers, reference=reference)
+    return fit_ood(train_f, train_y, val_f, target_tpr=target_tpr) | reference
+
+
+def pretrained_trunk_state(arch: str, num_classes: int, weights: str | Path) -> dict[str, torch.Tensor]:
+    """The backbone's state dict as ``python -m training --weights`` starts it (imagenet or PATH)."""
+    if str(weights) == "none":
+        raise ValueError("--weights none has no pretrained features to compare with; leave --weights out")
+    return build_model(arch, num_classes, weights=weights).trunk.state_dict()
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -65,6 +90,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pt) from `python -m training`; updated in place unless --out")
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="the dataset it was trained on (same layouts as `python -m training`)")
     p.add_argument("--out", type=Path, default=None, help="write the calibrated checkpoint here instead")
+    p.add_argument("--weights", default=None, metavar="imagenet|PATH",
+                   help="the weights the model was fine-tuned from (as given to `python -m training`): the "
+                        "score then reads those pretrained features where fine-tuning changed the backbone, "
+                        "which separates other animals from pets far better (recommended)")
     p.add_argument("--target-tpr", type=float, default=0.95, help="share of real validation pets to accept (default 0.95)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction when DIR has no val/ split")
     p.add_argument("--seed", type=int, default=0, help="seed of that split (use the training run's)")
@@ -79,8 +108,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     splits = find_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed)
     if splits.labels != labels:
         raise DatasetError(f"{args.data} has classes {splits.labels}, the checkpoint was trained on {labels}")
+    pretrained = None
+    if args.weights is not None:
+        pretrained = pretrained_trunk_state(ckpt["config"]["arch"], len(labels), args.weights)
     state = fit_model_ood(model, splits.train, splits.val, target_tpr=args.target_tpr,
-                          batch_size=args.batch_size, workers=args.workers)
+                          batch_size=args.batch_size, workers=args.workers, pretrained=pretrained)
     extra = dict(ckpt.get("extra") or {}, ood=state)
     save_checkpoint(args.out or args.checkpoint, model, labels, image_size=ckpt["config"].get("image_size", 224),
                     metrics=ckpt.get("metrics"), extra=extra)

@@ -77,19 +77,18 @@ def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, f
         return (lambda x: clf.ood_scores(x.numpy())), clf.ood_threshold
     from .checkpoint import load_checkpoint, read_checkpoint
     from .distributed import resolve_device
-    from .ood import ood_scorer_from_checkpoint
+    from .ood import ClassifierWithOOD, ood_scorer_from_checkpoint
 
     scorer = ood_scorer_from_checkpoint(read_checkpoint(path))
     if scorer is None:
         raise ValueError(hint)
     dev = resolve_device(device)
     model, _ = load_checkpoint(path, dev)
-    scorer.to(dev)
+    scored = ClassifierWithOOD(model, scorer).to(dev).eval()
 
     @torch.inference_mode()
     def score(x: torch.Tensor) -> np.ndarray:
-        features = model.embed(x.to(dev)).float()
-        return scorer(features, model.head(features)).cpu().numpy()
+        return scored(x.to(dev))[1].float().cpu().numpy()
 
     return score, scorer.threshold
 

@@ -2,7 +2,12 @@
 
     python -m training.ood_benchmark --checkpoint models/catsdogs.pt \\
         --train ../shared/data/catsdogs/train --val ../shared/data/catsdogs/val \\
-        --ood ../shared/data/notpets [--cache feats.pt] [--json]
+        --ood ../shared/data/notpets [--features own|reference] [--cache feats.pt] [--json]
+
+``--features`` picks what the feature-based scores read: the model's own penultimate
+features, or the pretrained reference blocks stored in the checkpoint
+(:func:`training.ood.reference_state`; the default when the checkpoint has them). The logit
+baselines (msp, energy) always read the model's own logits.
 
 Every score is fitted on the training photos' features only, and its threshold is placed on
 the validation pets only (split-conformal, 95% accepted), exactly as :func:`training.ood.fit_ood`
@@ -22,7 +27,15 @@ from pathlib import Path
 
 import torch
 
-from .ood import OODScorer, auroc, conformal_threshold, fit_ood, ledoit_wolf
+from .ood import (
+    REFERENCE_KEYS,
+    OODScorer,
+    ScoreFeatures,
+    auroc,
+    conformal_threshold,
+    fit_ood,
+    ledoit_wolf,
+)
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -34,18 +47,21 @@ def folder_images(root: Path) -> list[tuple[str, Path]]:
 
 
 @torch.inference_mode()
-def features(model, files: list[Path], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features and logits of ``files`` (decoded and preprocessed like everywhere else)."""
+def features(model, files: list[Path], batch_size: int = 32, reference: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scored features (the model's own, or ``reference`` blocks') and the model's logits of
+    ``files`` (decoded and preprocessed like everywhere else)."""
     from export.images import load_image
 
     from .presets import preprocess_batch
 
-    feats = []
+    both = ScoreFeatures(model, reference).eval()
+    feats, logits = [], []
     for i in range(0, len(files), batch_size):
         x = torch.from_numpy(preprocess_batch([load_image(f, min_side=256) for f in files[i:i + batch_size]]))
-        feats.append(model.embed(x).float())
-    f = torch.cat(feats)
-    return f, model.head(f)
+        own, scored = both(x)
+        feats.append(scored.float())
+        logits.append(model.head(own).float())
+    return torch.cat(feats), torch.cat(logits)
 
 
 def research_scores(tr, ytr, head):
@@ -145,6 +161,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--train", required=True, help="training photos, one folder per class")
     parser.add_argument("--val", required=True, help="validation photos, one folder per class (threshold)")
     parser.add_argument("--ood", required=True, help="non-pet photos, one folder per category")
+    parser.add_argument("--features", choices=("own", "reference"), default=None,
+                        help="features to score: the model's own or the checkpoint's pretrained reference blocks "
+                             "(default: reference when the checkpoint has them)")
     parser.add_argument("--cache", default=None, help="save/load the features here (skips re-embedding)")
     parser.add_argument("--target-tpr", type=float, default=0.95, help="share of validation pets accepted")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none)")
@@ -153,14 +172,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, read_checkpoint
 
     model, labels = load_checkpoint(args.checkpoint)
+    stored = (read_checkpoint(args.checkpoint).get("extra") or {}).get("ood") or {}
+    reference = {k: stored[k] for k in REFERENCE_KEYS if k in stored}
+    if args.features == "reference" and not reference:
+        raise SystemExit("error: this checkpoint has no reference blocks; add them with "
+                         "`python -m training.calibrate --checkpoint C --data DIR --weights imagenet|PATH`")
+    if args.features == "own":
+        reference = {}
+    which = f"reference blocks from {reference['reference_from']}" if reference else "own"
     sets = {name: folder_images(Path(getattr(args, name))) for name in ("train", "val", "ood")}
     if args.cache and Path(args.cache).is_file():
         cached = torch.load(args.cache, weights_only=True)
+        if cached.get("features") != which:
+            raise SystemExit(f"error: {args.cache} holds {cached.get('features')!r} features, not {which!r}; use another --cache")
     else:
-        cached = {name: features(model, [f for _, f in items]) for name, items in sets.items()}
+        cached = {name: features(model, [f for _, f in items], reference=reference) for name, items in sets.items()}
+        cached["features"] = which
         if args.cache:
             torch.save(cached, args.cache)
     (tr, _), (va, va_logits), (od, od_logits) = cached["train"], cached["val"], cached["ood"]
@@ -172,7 +202,8 @@ def main(args: argparse.Namespace) -> dict:
         print(json.dumps(result))
         return result
     cats = sorted(next(iter(result["methods"].values()))["per_category"])
-    print(f"{len(va)} val pets vs {len(od)} non-pets; threshold accepts {args.target_tpr:.0%} of val (conformal)")
+    print(f"{len(va)} val pets vs {len(od)} non-pets; {which} features; "
+          f"threshold accepts {args.target_tpr:.0%} of val (conformal)")
     print(f"{'method':22s} {'AUROC':>6s} {'95% CI':>13s} {'FAR@95':>7s} {'95% CI':>13s}   per category AUROC / FAR: "
           + " ".join(c[:9] for c in cats))
     for name, m in result["methods"].items():

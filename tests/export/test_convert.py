@@ -16,7 +16,7 @@ from PIL import Image
 
 from export.convert import ExportError, export_onnx, verify
 from export.runtime import Classifier
-from tests.conftest import LABELS, synthetic_photo
+from tests.conftest import LABELS, finetuned_copy, synthetic_photo
 from training import load_checkpoint
 from training.presets import preprocess
 
@@ -155,10 +155,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 )
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, make_args, phrase):
     (tmp_path / "bad.pt").write_text("this is not a checkpoint")
-    from export.__main__ import get_args_parser, main
-
     import contextlib
     import io
+
+    from export.__main__ import get_args_parser, main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -194,18 +194,21 @@ def test_cli_exports_quantizes_and_writes_triton_repo(tiny_checkpoint, synthetic
 @pytest.mark.slow
 def test_ood_scorer_rides_along_and_stays_float_in_int8(tiny_checkpoint, synthetic_data, tmp_path, fresh_photos):
     """A checkpoint with training.ood statistics exports a third output, ood_score, equal to
-    torch's; metadata gets the scalars (threshold, method), never the feature bank."""
-    from training import read_checkpoint, save_checkpoint
-    from training.ood import fit_ood, ood_scorer_from_checkpoint
-
+    torch's; metadata gets the scalars (threshold, method), never the feature bank. The model
+    is a fine-tuned one with pretrained reference blocks, so the graph carries both tails and
+    the score must be the *pretrained* features' score."""
     from export.quantize import quantize_int8
+    from training import read_checkpoint, save_checkpoint
+    from training.ood import fit_ood, ood_scorer_from_checkpoint, reference_state
 
-    model, labels = load_checkpoint(tiny_checkpoint)
+    pretrained, labels = load_checkpoint(tiny_checkpoint)
+    model = finetuned_copy(pretrained, len(pretrained.trunk) - 3).eval()
     photos = [(f, labels.index(d.name)) for d in sorted((synthetic_data / "train").iterdir()) for f in sorted(d.iterdir())]
     with torch.inference_mode():
-        train = model.embed(torch.from_numpy(np.stack([preprocess(Image.open(f).convert("RGB")) for f, _ in photos])))
-        val = model.embed(torch.from_numpy(np.stack([preprocess(im) for im in fresh_photos])))
-    state = fit_ood(train, torch.tensor([y for _, y in photos]), val, k=3)
+        train = pretrained.embed(torch.from_numpy(np.stack([preprocess(Image.open(f).convert("RGB")) for f, _ in photos])))
+        val = pretrained.embed(torch.from_numpy(np.stack([preprocess(im) for im in fresh_photos])))
+    ref = reference_state(model.trunk, pretrained.trunk.state_dict())
+    state = fit_ood(train, torch.tensor([y for _, y in photos]), val, k=3) | ref
     ckpt_path = save_checkpoint(tmp_path / "ood.pt", model, labels, extra={"ood": state})
 
     out = tmp_path / "ood.onnx"
@@ -213,16 +216,18 @@ def test_ood_scorer_rides_along_and_stays_float_in_int8(tiny_checkpoint, synthet
     assert report.max_abs_diff <= 1e-4  # covers probabilities and ood_score
     meta = json.loads(report.metadata["ood"])
     assert meta["method"] == "knn" and meta["threshold"] == pytest.approx(state["threshold"]) and "bank" not in meta
+    assert meta["reference_from"] == ref["reference_from"] and "reference_weights" not in meta
     assert sum(len(p.value) for p in onnx.load(str(out)).metadata_props) < 10_000
 
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["logits", "probabilities", "ood_score"]
     batch = np.stack([preprocess(im) for im in fresh_photos])
-    (score,) = sess.run(["ood_score"], {"image": batch})
+    logits, score = sess.run(["logits", "ood_score"], {"image": batch})
     scorer = ood_scorer_from_checkpoint(read_checkpoint(ckpt_path))
     with torch.inference_mode():
-        feats = model.embed(torch.from_numpy(batch))
-        want = scorer(feats, model.head(feats)).numpy()
+        x = torch.from_numpy(batch)
+        want = scorer(pretrained.embed(x), model(x)).numpy()
+        np.testing.assert_allclose(logits, model(x).numpy(), rtol=1e-4, atol=1e-4)  # the fine-tuned head decides
     assert score.shape == (len(batch),) and np.abs(score - want).max() <= 1e-4
 
     int8 = tmp_path / "ood-int8.onnx"

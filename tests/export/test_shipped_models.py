@@ -12,7 +12,7 @@ import torch
 from export.runtime import Classifier
 from tests.conftest import LABELS, synthetic_photo
 from training import load_checkpoint, read_checkpoint
-from training.ood import ood_scorer_from_checkpoint
+from training.ood import ClassifierWithOOD, ood_scorer_from_checkpoint
 from training.presets import preprocess_batch
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -39,12 +39,11 @@ def test_onnx_files_were_exported_from_the_shipped_checkpoint():
 def test_pt_and_onnx_agree(batch):
     model, _ = load_checkpoint(MODELS / "catsdogs.pt")
     scorer = ood_scorer_from_checkpoint(read_checkpoint(MODELS / "catsdogs.pt"))
+    # The fine-tuned model is scored on its pretrained (ImageNet) reference blocks (training/ood.py).
+    assert scorer.reference.get("reference_from", -1) > 0
     with torch.inference_mode():
-        x = torch.from_numpy(batch)
-        feats = model.embed(x)
-        logits = model.head(feats)
-        probs = torch.softmax(logits, 1).numpy()
-        scores = scorer(feats, logits).numpy()
+        logits, scores = ClassifierWithOOD(model, scorer).eval()(torch.from_numpy(batch))
+        probs, scores = torch.softmax(logits, 1).numpy(), scores.numpy()
     clf = Classifier.load(MODELS / "catsdogs.onnx")
     assert np.abs(clf.probabilities(batch) - probs).max() <= 1e-4
     assert np.abs(clf.ood_scores(batch) - scores).max() <= 1e-4
@@ -61,5 +60,9 @@ def test_int8_model_keeps_the_decisions(batch):
 def test_shipped_model_knows_the_example_cat():
     top = Classifier.load(MODELS / "catsdogs.onnx").predict(EXAMPLES / "chelsea-cat.jpg")
     assert top[0][0] == "cat" and top[0][1] > 0.9
+    for name in ("catsdogs.onnx", "catsdogs-int8.onnx"):
+        clf = Classifier.load(MODELS / name)
+        assert clf.assess(EXAMPLES / "chelsea-cat.jpg").is_pet, name
+        assert not clf.assess(EXAMPLES / "coffee-not-a-pet.jpg").is_pet, name
     meta = json.loads(Classifier.load(MODELS / "catsdogs.onnx").metadata["metrics"])
     assert meta["val_accuracy"] >= 0.97

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from training import read_checkpoint
 from training.calibrate import get_args_parser, main
@@ -36,4 +37,48 @@ def test_calibrate_cli_refuses_mismatched_classes_without_traceback(tiny_checkpo
                            "--data", str(data), "--out", str(tmp_path / "x.pt")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "hamster" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_calibrate_with_the_starting_weights_scores_the_pretrained_features(tiny_checkpoint, synthetic_data, tmp_path):
+    """A fine-tuned model calibrated with ``--weights`` (what it was fine-tuned from) stores
+    the pretrained blocks; its scores are the pretrained features' scores."""
+    from tests.conftest import LABELS, finetuned_copy, synthetic_photo
+    from training import load_checkpoint, save_checkpoint
+    from training.ood import ScoreFeatures, fit_ood
+    from training.presets import preprocess_batch
+
+    pretrained, labels = load_checkpoint(tiny_checkpoint)
+    weights = tmp_path / "start.pth"  # torchvision layout, as `python -m training --weights PATH` takes
+    torch.save({f"features.{k}": v for k, v in pretrained.trunk.state_dict().items()}, weights)
+    tuned = finetuned_copy(pretrained, len(pretrained.trunk) - 2)
+    ckpt = save_checkpoint(tmp_path / "tuned.pt", tuned, labels)
+
+    summary = main(get_args_parser().parse_args(["--checkpoint", str(ckpt), "--data", str(synthetic_data),
+                                                 "--weights", str(weights)]))
+    assert summary["reference_from"] == len(pretrained.trunk) - 2
+    state = read_checkpoint(ckpt)["extra"]["ood"]
+    model, _ = load_checkpoint(ckpt)
+    photos = [synthetic_photo(label, 7000 + s) for label in LABELS for s in range(4)]
+    x = torch.from_numpy(preprocess_batch(photos))
+    with torch.no_grad():
+        _, scored = ScoreFeatures(model, state).eval()(x)
+        torch.testing.assert_close(scored, pretrained.embed(x), rtol=1e-5, atol=1e-6)
+    # Same threshold as fitting the pretrained model's own features directly.
+    def embed(split):
+        files = [(f, y) for y, label in enumerate(labels) for f in sorted((synthetic_data / split / label).iterdir())]
+        with torch.no_grad():
+            x = torch.from_numpy(preprocess_batch([Image.open(f).convert("RGB") for f, _ in files]))
+            return pretrained.embed(x), torch.tensor([y for _, y in files])
+
+    (tr, ytr), (va, _) = embed("train"), embed("val")
+    assert summary["threshold"] == pytest.approx(fit_ood(tr, ytr, va)["threshold"], rel=1e-4)
+
+
+def test_calibrate_refuses_weights_none_and_foreign_weights_clearly(tiny_checkpoint, synthetic_data, tmp_path):
+    for weights, message in (("none", "no pretrained features"), (str(tmp_path / "missing.pth"), "not found")):
+        proc = subprocess.run([sys.executable, "-m", "training.calibrate", "--checkpoint", str(tiny_checkpoint),
+                               "--data", str(synthetic_data), "--weights", weights, "--out", str(tmp_path / "x.pt")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.pt").exists()

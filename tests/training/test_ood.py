@@ -10,26 +10,25 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 from training import load_checkpoint, read_checkpoint, save_checkpoint
 from training.ood import (
     METHODS,
     ClassifierWithOOD,
     OODScorer,
+    ScoreFeatures,
     conformal_threshold,
     fit_ood,
     ood_metrics,
     ood_scorer_from_checkpoint,
     ood_summary,
+    reference_state,
     score_images,
 )
 from training.presets import preprocess_batch
 
-
-import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
-
 _root = _root_module
-LABELS, synthetic_photo = _root.LABELS, _root.synthetic_photo
+LABELS, synthetic_photo, finetuned_copy = _root.LABELS, _root.synthetic_photo, _root.finetuned_copy
 
 
 def shifted_photo(kind: str, seed: int, size: tuple[int, int] = (160, 128)) -> Image.Image:
@@ -199,3 +198,58 @@ def test_onnx_classifier_with_ood_agrees_with_torch(photo_features, tmp_path):
     # Same verdicts on both sides of the threshold.
     assert ((scores <= scorer.threshold) == (want_scores.numpy() <= scorer.threshold)).all()
     assert math.isfinite(scorer.threshold)
+
+
+def test_reference_state_holds_the_pretrained_blocks_from_the_first_changed_one(photo_features):
+    model = photo_features["model"]
+    pretrained = {k: v.clone() for k, v in model.trunk.state_dict().items()}
+    assert reference_state(model.trunk, pretrained) == {}  # head mode: nothing changed, nothing to keep
+
+    n = len(model.trunk)
+    tuned = finetuned_copy(model, n - 3)
+    ref = reference_state(tuned.trunk, pretrained)
+    assert ref["reference_from"] == n - 3
+    later = {name for name, _ in list(tuned.trunk.named_children())[n - 3:]}
+    assert {k.split(".", 1)[0] for k in ref["reference_weights"]} == later
+    tuned_state = tuned.trunk.state_dict()
+    for k, v in ref["reference_weights"].items():
+        assert torch.equal(v, pretrained[k]), k
+        assert v.dtype == torch.int64 or not torch.equal(v, tuned_state[k]), k  # (BatchNorm counters aside)
+
+    with pytest.raises(ValueError, match="do not fit"):
+        reference_state(tuned.trunk, {k: v for k, v in pretrained.items() if not k.startswith("0.")})
+
+
+def test_score_reads_pretrained_features_while_the_head_reads_the_finetuned_ones(photo_features, tmp_path):
+    """The invariant that makes the reference worth it: with it, the score of a fine-tuned
+    model is the score of the pretrained features, exactly, and the classifier is untouched."""
+    d = photo_features
+    pretrained_model = d["model"]
+    pretrained = {k: v.clone() for k, v in pretrained_model.trunk.state_dict().items()}
+    tuned = finetuned_copy(pretrained_model, len(pretrained_model.trunk) - 4).eval()
+    ref = reference_state(tuned.trunk, pretrained)
+    x = torch.from_numpy(preprocess_batch(d["images"]["test"][:6] + d["images"]["shifted"][:6]))
+
+    both = ScoreFeatures(tuned, ref).train()  # train() must leave the reference's BatchNorm alone
+    assert not both.reference.training
+    tuned.eval()
+    with torch.no_grad():
+        features, scored = both(x)
+        torch.testing.assert_close(features, tuned.embed(x), rtol=0, atol=0)
+        torch.testing.assert_close(scored, pretrained_model.embed(x), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(features, scored, atol=1e-3)  # the fine-tuning did change the features
+
+    # Through a checkpoint: fitted on pretrained features, stored with the fine-tuned model.
+    state = fit_ood(d["train"][0], d["train_labels"], d["val"][0]) | ref
+    path = save_checkpoint(tmp_path / "tuned.pt", tuned, LABELS, extra={"ood": state})
+    model, _ = load_checkpoint(path)
+    scorer = ood_scorer_from_checkpoint(read_checkpoint(path))
+    logits, scores = score_images(model, scorer, d["images"]["test"][:6] + d["images"]["shifted"][:6])
+    with torch.no_grad():
+        torch.testing.assert_close(logits, tuned(x), rtol=1e-5, atol=1e-5)
+        want = OODScorer(state)(pretrained_model.embed(x), logits)
+    torch.testing.assert_close(scores, want, rtol=1e-4, atol=1e-5)
+    assert ood_summary(state)["reference_from"] == ref["reference_from"] and "reference_weights" not in ood_summary(state)
+
+    with pytest.raises(ValueError, match="do not fit"):
+        ScoreFeatures(tuned, {"reference_from": 1, "reference_weights": ref["reference_weights"]})

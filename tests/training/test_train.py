@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training import load_checkpoint
+from training import load_checkpoint, read_checkpoint
 from training.__main__ import cli, get_args_parser, main
 from training.evaluate import evaluate_model, load_predictor
 
@@ -85,6 +85,15 @@ def test_finetune_trains_late_blocks_only(tmp_path, helpers):
         for (k, v), (_, w) in zip(b.state_dict().items(), s.state_dict().items()):
             assert torch.equal(v, w), k
     assert not torch.equal(blocks[-1][0].weight, before[-1][0].weight)  # the last block trained
+
+    # The "is it a pet?" statistics keep the starting weights of the blocks that trained,
+    # so the score reads pretrained features (training/ood.py).
+    ood = read_checkpoint(out / "model.pt")["extra"]["ood"]
+    first_trained = next(i for i, (b, s) in enumerate(zip(blocks, before))
+                         if any(not torch.equal(v, w) for v, w in zip(b.state_dict().values(), s.state_dict().values())))
+    assert ood["reference_from"] == first_trained == metrics["ood"]["reference_from"]
+    start_state = start.state_dict()
+    assert all(torch.equal(v, start_state[k]) for k, v in ood["reference_weights"].items())
 
 
 def test_petimages_run_counts_skipped_files(petimages_root, tmp_path):
