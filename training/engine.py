@@ -109,8 +109,10 @@ def train_one_epoch(
         with precision.autocast():
             logits = model(x)
             loss = criterion(logits, y)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower --lr")
+        # One host-device sync per step for the finiteness check and the running figures.
+        step_loss, step_correct = torch.stack([loss.detach().float(), (logits.argmax(1) == y).sum().float()]).tolist()
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"loss became {step_loss} in epoch {epoch}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         if precision.scaler is not None:
             precision.scaler.scale(loss).backward()
@@ -123,8 +125,8 @@ def train_one_epoch(
             scheduler.step()
         if ema is not None:
             ema.update_parameters(getattr(model, "module", model))
-        loss_sum += loss.item() * y.shape[0]
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += step_loss * y.shape[0]
+        correct += int(step_correct)
         n += y.shape[0]
         bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
     seconds = time.perf_counter() - start
@@ -139,20 +141,17 @@ def evaluate(
     loader: Iterable,
     device: torch.device,
     num_classes: int,
-    *,
-    precision: Precision | None = None,
 ) -> dict:
     """Loss, accuracy and the confusion matrix (rows = true class, columns = predicted),
-    summed over all ranks."""
-    precision = precision or Precision(device)
+    summed over all ranks. Always in float32, the precision the model is exported and served
+    in: under bf16 autocast a GPU run reported 96.5% for a model that scores 96.0% in fp32."""
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
     for x, y in loader:
         x, y = to_device(x, device), y.to(device, non_blocking=True)
-        with precision.autocast():
-            logits = model(x)
+        logits = model(x)
         loss_sum += criterion(logits.float(), y).double() * y.shape[0]
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
     all_reduce_sum(confusion)

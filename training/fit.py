@@ -175,7 +175,7 @@ def fit_linear(model, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch
             stats = train_one_epoch(net, criterion, optimizer, train_loader, info.device, epoch,
                                     precision=precision, scheduler=scheduler)
             if val is not None:
-                val_res = evaluate(head, criterion, val_loader, info.device, len(head[-1].bias), precision=precision)
+                val_res = evaluate(head, criterion, val_loader, info.device, len(head[-1].bias))
                 row = _row(epoch, stats, val_res, lr_now)
                 _log(info, row, result.observe(epoch, row, val_res, model))
     finally:
@@ -250,7 +250,7 @@ def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], args: Na
         stats = train_one_epoch(fwd, criterion, optimizer, train_loader, info.device, epoch,
                                 precision=precision, scheduler=scheduler, ema=ema, progress=info.is_main,
                                 desc=f"epoch {epoch}/{args.epochs}")
-        val_res = evaluate(eval_fwd, criterion, val_loader, info.device, num_classes, precision=precision)
+        val_res = evaluate(eval_fwd, criterion, val_loader, info.device, num_classes)
         row = _row(epoch, stats, val_res, lr)
         _log(info, row, result.observe(epoch, row, val_res, ema.module))
     return result
