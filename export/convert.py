@@ -45,7 +45,10 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probabilities")
 FORMAT = "petlens-onnx/1"
 FP32_TOLERANCE = 1e-4  # max |p_torch - p_onnx| over all classes and images
-FP16_TOLERANCE = 1e-2  # half precision keeps ~3 significant digits
+# Half precision keeps ~3 significant digits, and a 2-class softmax amplifies logit rounding
+# near 50%: on 180 real photos the shipped MobileNetV2's fp16 export differs from fp32 by up to
+# 3.9e-2 in probability (torch's own model.half(): 3.5e-2), with no top-1 changes.
+FP16_TOLERANCE = 5e-2
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -266,7 +269,7 @@ def export_onnx(
     ``verify_images``: a folder (up to ``n_verify`` images are drawn from it), a list of
     paths/PIL images, or ``None`` for generated stand-ins (a real folder is better: pass
     the validation photos). ``fp16`` computes in half precision between float32 input and
-    output (for GPUs; the tolerance loosens to 1e-2). Raises :class:`ExportError` when the
+    output (for GPUs; the tolerance loosens to 5e-2). Raises :class:`ExportError` when the
     check fails, leaving any existing ``out`` untouched.
     """
     import time
