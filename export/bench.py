@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     from training import load_checkpoint, read_checkpoint
     from training.ood import ClassifierWithOOD, ood_scorer_from_checkpoint
 
-    from .runtime import CPU, CUDA, Classifier, default_threads
+    from .runtime import CPU, CUDA, Classifier, ModelError, default_threads
 
     for path in (args.checkpoint, args.onnx):
         if not path.is_file():
@@ -116,14 +116,30 @@ def main(args: argparse.Namespace) -> int:
             return 1
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
-    providers = [CUDA, CPU] if args.device == "cuda" else [CPU]
+    providers = [CPU]
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("error: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
+            return 1
+        if CUDA in __import__("onnxruntime").get_available_providers():
+            providers = [CUDA, CPU]
+        else:
+            print("note: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu); "
+                  "torch runs on the GPU, onnxruntime on the CPU", file=sys.stderr)
+        # fp32 means fp32: cuDNN's default TF32 convolutions move probabilities by ~1e-2.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(args.device)
     model, labels = load_checkpoint(args.checkpoint, device=device)
     # torch does the same work as the ONNX graph: with the OOD score (and its reference blocks) when it has one.
     scorer = ood_scorer_from_checkpoint(read_checkpoint(args.checkpoint))
     net = ClassifierWithOOD(model, scorer).to(device).eval() if scorer is not None else model
-    fp32 = Classifier.load(args.onnx, providers=providers, threads=threads, spinning=args.spinning)
-    int8 = Classifier.load(args.int8, providers=[CPU], threads=threads, spinning=args.spinning) if args.int8 and args.int8.is_file() else None
+    try:
+        fp32 = Classifier.load(args.onnx, providers=providers, threads=threads, spinning=args.spinning)
+        int8 = Classifier.load(args.int8, providers=[CPU], threads=threads, spinning=args.spinning) if args.int8 and args.int8.is_file() else None
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     files, ys = labelled_files(args.data, labels)
     batch = np.stack([fp32.preprocess(f) for f in files])
     x1, x32 = batch[:1], np.resize(batch, (32, *batch.shape[1:]))
@@ -136,6 +152,7 @@ def main(args: argparse.Namespace) -> int:
             return out[0].cpu() if isinstance(out, tuple) else out.cpu()  # includes the device sync on CUDA
 
     # Latency, the three engines interleaved.
+    where = "torch cuda, ort cpu" if args.device == "cuda" and providers[0] != CUDA else args.device
     for bs, x, rep in ((1, x1, args.repeat), (32, x32, max(3, args.repeat // 3))):
         fns = {"torch": lambda x=x: torch_run(x), "ort_fp32": lambda x=x: fp32.probabilities(x)}
         if int8:
@@ -146,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
         line += f" | ort int8 {figures[f'ort_int8_b{bs}_ms']:.1f}" if int8 else ""
         line += f"  (ort {figures[f'torch_b{bs}_ms'] / figures[f'ort_fp32_b{bs}_ms']:.1f}x torch"
         line += f", int8 {figures[f'ort_fp32_b{bs}_ms'] / figures[f'ort_int8_b{bs}_ms']:.2f}x fp32)" if int8 else ")"
-        rows.append((f"latency batch {bs} (ms, {args.device})", line))
+        rows.append((f"latency batch {bs} (ms, {where})", line))
 
     # End to end: decode + preprocess + run + top-k from a file vs the bare session.run.
     photo = files[0]
@@ -171,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
         ref = np.concatenate([torch.softmax(torch_run(batch[i : i + 32]), 1).numpy() for i in range(0, len(batch), 32)])
     got = np.concatenate([fp32.probabilities(batch[i : i + 32]) for i in range(0, len(batch), 32)])
     figures["max_prob_diff_pt_onnx"] = float(np.abs(ref - got).max())
-    rows.append((".pt vs .onnx max |prob diff|", f"{figures['max_prob_diff_pt_onnx']:.1e} over {len(files)} real photos"))
+    rows.append((".pt vs .onnx max |prob diff|", f"{figures['max_prob_diff_pt_onnx']:.1e} over {len(files)} photos"))
 
     if args.sweep_int8:
         rows += sweep_int8(args, fp32, batch, ys, x1, x32, threads)

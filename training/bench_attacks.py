@@ -62,6 +62,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--readme-assets", default=None, metavar="DIR",
                         help="write ideal_<label>.png and fool_before_after.png (the ideal dog made a cat) into DIR")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: default, robust, ideal")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the attacks and ideal images run (the ONNX judge stays on onnxruntime's default; default: auto)")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
     parser.add_argument("--json", action="store_true", help="also print every figure as one JSON line")
     return parser
@@ -218,13 +220,15 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_checkpoint
+    from .distributed import resolve_device
 
     torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     try:
         eps_list = [parse_eps(e) for e in args.eps.split(",") if e.strip()]
         robust_eps = parse_eps(args.robust_eps)
-        model, labels = load_checkpoint(args.checkpoint)
+        device = resolve_device(args.device)
+        model, labels = load_checkpoint(args.checkpoint, device)
         if args.target not in labels:
             raise ValueError(f"unknown --target {args.target!r}; this model knows: {', '.join(labels)}")
         photos = sorted(p for p in Path(args.data).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(args.data).is_dir() else []
@@ -233,11 +237,11 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report: dict = {"checkpoint": args.checkpoint, "threads": args.threads, "target": args.target}
+    report: dict = {"checkpoint": args.checkpoint, "threads": args.threads, "target": args.target, "device": str(device)}
     with tempfile.TemporaryDirectory() as tmp:
         classifier, onnx = _classifier(args, Path(tmp))
         report["onnx"] = str(onnx)
-        print(f"judge: {onnx}; attacks on {args.checkpoint}; {len(photos)} photos in {args.data}; {args.threads} threads")
+        print(f"judge: {onnx}; attacks on {args.checkpoint} ({device}); {len(photos)} photos in {args.data}; {args.threads} threads")
         if "default" not in skip:
             report["default"] = []
             print("\n| mode | eps | n | fooled after PNG | median s | p90 s | median steps | max L∞ |\n|---|---|---|---|---|---|---|---|")
