@@ -146,8 +146,24 @@ def test_command_line_error_has_no_traceback(helpers, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_finetune_with_amp_and_channels_last(synthetic_data, tmp_path):
+    from training import build_model
+    from training.ood import ClassifierWithOOD, ood_scorer_from_checkpoint
+
+    torch.manual_seed(3)
+    weights = tmp_path / "start.pth"  # a pretrained start, so the OOD reference blocks are fitted on the GPU too
+    torch.save({f"features.{k}": v for k, v in build_model("mobilenet_v3_small", 2).trunk.state_dict().items()}, weights)
     metrics = train("--data", synthetic_data, "--out", tmp_path / "gpu", "--mode", "finetune", "--epochs", "2",
-                    "--device", "cuda", *FAST)
+                    "--device", "cuda", *FAST[:2], "--weights", weights, *FAST[4:])
     assert metrics["device"] == "cuda" and metrics["precision"] in ("bf16", "fp16")
+    assert metrics["ood"]["reference_from"] > 0
     model, _ = load_checkpoint(tmp_path / "gpu" / "model.pt", "cpu")  # trained on GPU, loads on CPU
     assert next(model.parameters()).device.type == "cpu"
+    # The scores the GPU fitted are the scores a CPU computes: the val photos pass at the stated rate.
+    scorer = ood_scorer_from_checkpoint(read_checkpoint(tmp_path / "gpu" / "model.pt"))
+    val = [f for d in sorted((synthetic_data / "val").iterdir()) for f in sorted(d.iterdir())]
+    from training.presets import preprocess_batch
+
+    x = torch.from_numpy(preprocess_batch([Image.open(f).convert("RGB") for f in val]))
+    with torch.no_grad():
+        _, scores = ClassifierWithOOD(model, scorer).eval()(x)
+    assert (scores <= scorer.threshold).double().mean() == pytest.approx(metrics["ood"]["val_tpr"], abs=0.05)
