@@ -148,6 +148,7 @@ def test_command_line_error_has_no_traceback(helpers, tmp_path):
 def test_gpu_finetune_with_amp_and_channels_last(synthetic_data, tmp_path):
     from training import build_model
     from training.ood import ClassifierWithOOD, ood_scorer_from_checkpoint
+    from training.presets import preprocess_batch
 
     torch.manual_seed(3)
     weights = tmp_path / "start.pth"  # a pretrained start, so the OOD reference blocks are fitted on the GPU too
@@ -161,8 +162,6 @@ def test_gpu_finetune_with_amp_and_channels_last(synthetic_data, tmp_path):
     # The scores the GPU fitted are the scores a CPU computes: the val photos pass at the stated rate.
     scorer = ood_scorer_from_checkpoint(read_checkpoint(tmp_path / "gpu" / "model.pt"))
     val = [f for d in sorted((synthetic_data / "val").iterdir()) for f in sorted(d.iterdir())]
-    from training.presets import preprocess_batch
-
     x = torch.from_numpy(preprocess_batch([Image.open(f).convert("RGB") for f in val]))
     with torch.no_grad():
         _, scores = ClassifierWithOOD(model, scorer).eval()(x)
