@@ -78,7 +78,8 @@ async def serve(settings: config.Settings) -> None:
                 loop = asyncio.get_running_loop()
                 loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(bot.close()))
             except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-                pass
+                logging.getLogger(__name__).info(
+                    "SIGTERM handler not available here (platform or thread); SIGTERM will stop the bot without logging out")
             await bot.start(settings.token)
     finally:
         handlers.close()
