@@ -117,6 +117,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     save_checkpoint(args.out or args.checkpoint, model, labels, image_size=ckpt["config"].get("image_size", 224),
                     metrics=ckpt.get("metrics"), extra=extra)
     summary = ood_summary(state)
+    if summary.get("reference_from") == 0:  # not an error: --unfreeze all changes every block
+        print("note: every backbone block differs from --weights; fine if the model was trained with "
+              "--unfreeze all, otherwise these are not the weights it was fine-tuned from", file=sys.stderr)
     print(json.dumps(summary))
     return summary
 

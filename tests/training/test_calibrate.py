@@ -82,3 +82,15 @@ def test_calibrate_refuses_weights_none_and_foreign_weights_clearly(tiny_checkpo
                               capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_calibrate_notes_weights_the_model_did_not_start_from(tiny_checkpoint, synthetic_data, tmp_path, capsys):
+    from training import build_model
+
+    torch.manual_seed(123)  # another random start than the tiny model's: every block differs
+    weights = tmp_path / "other.pth"
+    torch.save({f"features.{k}": v for k, v in build_model("mobilenet_v3_small", 2).trunk.state_dict().items()}, weights)
+    summary = main(get_args_parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_data),
+                                                 "--weights", str(weights), "--out", str(tmp_path / "x.pt")]))
+    assert summary["reference_from"] == 0
+    assert "not the weights it was fine-tuned from" in capsys.readouterr().err
