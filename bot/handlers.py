@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Hashable
 
-from export.images import ImageError
+from training.images import ImageError
 
 from . import work
 from .config import DEFAULT_CHECKPOINT, STRENGTHS, Limits, Settings

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from export.images import load_image
+from training.images import load_image
 from training.presets import RESIZE_SIZE
 
 from .config import Limits
@@ -82,7 +82,7 @@ def default_torch_threads(concurrent_jobs: int) -> int:
 # --- images -----------------------------------------------------------------------------
 
 def decode(data: bytes, limits: Limits, min_side: int | None = None) -> Image.Image:
-    """The one door for uploads: ``export.images.load_image`` under the bot's limits."""
+    """The one door for uploads: ``training.images.load_image`` under the bot's limits."""
     return load_image(data, min_side=min_side, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes)
 
 

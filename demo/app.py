@@ -5,7 +5,7 @@ One pure function per tab (:func:`classify`, :func:`fool_me`, :func:`ideal`,
 :func:`build_demo` binds them to models loaded once and lays out the Blocks. The demo owns
 no model logic: classification goes through ``export.runtime.Classifier`` (ONNX), the
 adversarial photo, the ideal image and the explanations through ``training``'s torch
-functions, and every upload is decoded by ``export.images.load_image``.
+functions, and every upload is decoded by ``training.images.load_image``.
 
 ``demo`` (this module's attribute) is the app on the shipped models, built on first access
 so that importing this module stays cheap. Run it with ``python -m demo`` or, as a Hugging
@@ -34,7 +34,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 from PIL import Image
 
-from export.images import MAX_BYTES, ImageError, load_image
+from training.images import MAX_BYTES, ImageError, load_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path("models/catsdogs.onnx")

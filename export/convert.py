@@ -35,7 +35,7 @@ from PIL import Image
 
 from training.presets import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
 
-from .images import ImageError
+from training.images import ImageError
 
 # Opset 20 is what torch's exporter emits natively today and what onnxruntime >= 1.17
 # (and so Triton's onnxruntime backend of 2024 onwards) runs; newer opsets buy nothing

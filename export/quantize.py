@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 from .convert import ExportError, image_files
-from .images import ImageError
+from training.images import ImageError
 from .runtime import Classifier
 
 N_CALIBRATION = 200

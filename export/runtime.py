@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from training.presets import CROP_SIZE, RESIZE_SIZE, preprocess
 
-from .images import ImageError, ImageSource, load_image
+from training.images import ImageError, ImageSource, load_image
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -189,8 +189,8 @@ class Classifier:
         return cls(session, labels, meta, path)
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
-        """Decode (safely, see :func:`export.images.load_image`) and preprocess one image to
-        float32 ``[3, S, S]`` in [0, 1]. Raises :class:`~export.images.ImageError`."""
+        """Decode (safely, see :func:`training.images.load_image`) and preprocess one image to
+        float32 ``[3, S, S]`` in [0, 1]. Raises :class:`~training.images.ImageError`."""
         img = load_image(image, min_side=self.resize_size)
         return preprocess(img, self.resize_size, self.image_size)
 

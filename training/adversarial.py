@@ -256,7 +256,7 @@ def fool(
 ) -> FoolResult:
     """Change ``image`` by at most ``eps`` per pixel so that ``model`` calls it ``target``.
 
-    ``image``: a PIL image (or a path / bytes, decoded by :func:`export.images.load_image`).
+    ``image``: a PIL image (or a path / bytes, decoded by :func:`training.images.load_image`).
     Uploads longer than ``max_side`` pixels are first downscaled to it (``resized_from``
     says so); otherwise the returned 8-bit image has exactly the input's width×height and
     differs from it by at most ``floor(eps·255)`` grey levels. The perturbation is
@@ -266,9 +266,9 @@ def fool(
     as well and only stops when the photo also fools after JPEG quality 85 and a 50%
     downscale (use a larger eps, e.g. 8/255). ``margin``: how many logits the target must
     win by (3 ≈ 95% for two classes). Unknown ``target`` or ``eps`` out of range:
-    ``ValueError``; unusable image: ``export.images.ImageError``.
+    ``ValueError``; unusable image: ``training.images.ImageError``.
     """
-    from export.images import load_image
+    from training.images import load_image
 
     if target not in labels:
         raise ValueError(f"unknown target {target!r}; this model knows: {', '.join(labels)}")

@@ -14,7 +14,7 @@ Three layouts are recognised (see :func:`find_dataset`):
   given to ``torchvision.datasets.OxfordIIITPet(root, download=True)``
   (see :func:`download_oxford_iiit_pet`).
 
-Every image is decoded through :func:`export.images.load_image`, the product's one intake.
+Every image is decoded through :func:`training.images.load_image`, the product's one intake.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from export.images import ImageError, load_image
+from training.images import ImageError, load_image
 
 from .presets import RESIZE_SIZE
 

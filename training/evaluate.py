@@ -7,7 +7,7 @@
 ``DIR`` holds one folder per class (``DIR/cat/``, ``DIR/dog/``; folder names are matched to
 the model's labels ignoring case), or is a dataset root with a ``val/`` folder of those.
 ``.pt`` runs in torch, ``.onnx`` in onnxruntime through :class:`export.runtime.Classifier`;
-both use the same decoding (:func:`export.images.load_image`) and the same preprocessing
+both use the same decoding (:func:`training.images.load_image`) and the same preprocessing
 (:class:`training.presets.EvalPreset`). With ``--json`` the last stdout line is
 ``{"accuracy": .., "n": .., "per_class": {label: accuracy}, ...}``; with ``--ood DIR`` (photos
 that are not of any trained class, in any folder structure) it adds

@@ -213,7 +213,7 @@ def explain(model: nn.Module, labels: Sequence[str], image: Image.Image, *, labe
 
     ``model``: a :class:`training.model.PetClassifier` (takes [0, 1] RGB, returns logits);
     ``labels``: its class names; ``image``: a decoded PIL photo (any size; decode uploads
-    with :func:`export.images.load_image`); ``label``: the class to explain, default the
+    with :func:`training.images.load_image`); ``label``: the class to explain, default the
     predicted one (unknown label -> ``ValueError`` naming the valid ones); ``layers``:
     which depths get a feature grid.
     """
@@ -223,7 +223,7 @@ def explain(model: nn.Module, labels: Sequence[str], image: Image.Image, *, labe
     if bad:
         raise ValueError(f"unknown layer {bad[0]!r}; choose from: {', '.join(STAGES)}")
     if image.mode != "RGB":
-        from export.images import load_image  # composites transparency on white, like everywhere else
+        from training.images import load_image  # composites transparency on white, like everywhere else
 
         image = load_image(image)
     size = getattr(model, "image_size", CROP_SIZE)
@@ -257,7 +257,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     """Run the CLI; returns the JSON record. Unusable input raises ``ValueError``."""
-    from export.images import load_image
+    from training.images import load_image
 
     from .checkpoint import load_checkpoint
 

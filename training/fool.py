@@ -77,7 +77,7 @@ def _device(name: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from export.images import load_image
+    from training.images import load_image
 
     from .adversarial import fool
     from .checkpoint import load_checkpoint

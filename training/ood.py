@@ -9,7 +9,7 @@ Neighbors", ICML 2022, https://arxiv.org/abs/2204.06507)::
 
     score(x) = 1 - cos(f(x), k-th nearest training feature)      (higher = less pet-like)
 
-It won by measurement on real photos (``python -m training.ood_benchmark``; ImageNet
+It won by measurement on real photos (``python -m benchmarks.ood``; ImageNet
 MobileNetV2 features + a cats-vs-dogs head, 200 val pets vs 80 non-pet photos): AUROC 0.989
 and 3.7% of non-pets accepted when 95% of pets are, against 0.848 / 71% for max-softmax,
 0.977 / 12.5% for class-conditional Mahalanobis (tied covariance, Ledoit-Wolf shrinkage, on

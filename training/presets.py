@@ -1,6 +1,6 @@
 """The one definition of image preprocessing, used everywhere.
 
-Evaluation / inference: EXIF-transpose -> RGB (done by :func:`export.images.load_image`)
+Evaluation / inference: EXIF-transpose -> RGB (done by :func:`training.images.load_image`)
 -> resize the shorter side to 256 (bilinear, antialiased) -> center-crop 224 -> float32
 in [0, 1], CHW. ImageNet normalization is *not* here: it lives inside the model (torch and
 ONNX alike) so every caller feeds plain [0, 1] RGB.

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bot.client import PetBot
-from bot.fakes import FakeAttachment, FakeInteraction
+from tests.bot.fakes import FakeAttachment, FakeInteraction
 from tests.bot.bot_uploads import LABELS, photo_bytes
 
 

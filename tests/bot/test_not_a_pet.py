@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from bot.client import PetBot
-from bot.fakes import FakeAttachment, FakeInteraction
+from tests.bot.fakes import FakeAttachment, FakeInteraction
 from tests.bot.bot_uploads import _root, photo_bytes, png
 
 NOT_A_PET = "This doesn't look like a cat or a dog — closest guess:"

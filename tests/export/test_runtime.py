@@ -12,7 +12,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from export.images import EmptyImageError, ImageError, NotAnImageError, UnsupportedImageError
+from training.images import EmptyImageError, ImageError, NotAnImageError, UnsupportedImageError
 from export.runtime import CPU, CUDA, Classifier, ModelError, cuda_device_count, default_providers
 from tests.conftest import LABELS, synthetic_photo
 

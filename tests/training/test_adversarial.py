@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from export.images import ImageError
+from training.images import ImageError
 from training import load_checkpoint
 from training.adversarial import (
     EPS_MAX,

@@ -1,11 +1,11 @@
-"""``python -m export.bench``: how fast and how faithful the deployed models are.
+"""``python -m benchmarks.inference``: how fast and how faithful the deployed models are.
 
 Prints one table: latency of torch eager vs onnxruntime fp32 vs int8 at batch 1 and 32,
 end-to-end ``Classifier.predict`` from a file vs the bare ``session.run`` it wraps,
 accuracy of fp32 vs int8 on a labelled folder, and the largest probability difference
 between the ``.pt`` checkpoint and the ``.onnx`` file on those real photos.
 
-    python -m export.bench --checkpoint models/catsdogs.pt --onnx models/catsdogs.onnx \\
+    python -m benchmarks.inference --checkpoint models/catsdogs.pt --onnx models/catsdogs.onnx \\
         --int8 models/catsdogs-int8.onnx --data ../shared/data/catsdogs/val
 
 ``--sweep-int8 --calibration DIR`` also quantizes the fp32 model with several settings
@@ -66,7 +66,7 @@ def cpu_summary() -> str:
 
 def labelled_files(root: Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
     """``root/<label>/*`` for the model's labels (folders named otherwise are ignored)."""
-    from .convert import image_files
+    from export.convert import image_files
 
     files, ys = [], []
     for y, label in enumerate(labels):
@@ -85,7 +85,7 @@ def accuracy(clf, batch: np.ndarray, ys: np.ndarray) -> float:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export.bench", description="Latency and accuracy of torch vs onnxruntime fp32 vs int8.", add_help=add_help)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description="Latency and accuracy of torch vs onnxruntime fp32 vs int8.", add_help=add_help)
     parser.add_argument("--checkpoint", type=Path, default=Path("models/catsdogs.pt"), help="torch checkpoint (default: %(default)s)")
     parser.add_argument("--onnx", type=Path, default=Path("models/catsdogs.onnx"), help="fp32 ONNX model (default: %(default)s)")
     parser.add_argument("--int8", type=Path, default=Path("models/catsdogs-int8.onnx"), help="int8 ONNX model (default: %(default)s; skipped if missing)")
@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     from training import load_checkpoint, read_checkpoint
     from training.ood import ClassifierWithOOD, ood_scorer_from_checkpoint
 
-    from .runtime import CPU, CUDA, Classifier, ModelError, default_threads
+    from export.runtime import CPU, CUDA, Classifier, ModelError, default_threads
 
     for path in (args.checkpoint, args.onnx):
         if not path.is_file():
@@ -205,8 +205,8 @@ def main(args: argparse.Namespace) -> int:
 
 def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]:
     """Quantize with each setting and measure; returns table rows."""
-    from .quantize import QuantSettings, quantize_int8
-    from .runtime import CPU, Classifier
+    from export.quantize import QuantSettings, quantize_int8
+    from export.runtime import CPU, Classifier
 
     if not args.calibration:
         raise SystemExit("error: --sweep-int8 needs --calibration DIR")

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bot.bench_load import run_load
+from benchmarks.bot_load import run_load
 from tests.bot.bot_uploads import photo_bytes
 
 MAX_STALL_MS = 250

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.images import (
+from training.images import (
     CorruptImageError,
     EmptyImageError,
     ImageError,

@@ -1,6 +1,6 @@
 """Benchmark /fool-me and ideal images the way users get them: 8-bit files judged by ONNX.
 
-    python -m training.bench_attacks --checkpoint models/catsdogs.pt --data ../shared/data/catsdogs/val/dog
+    python -m benchmarks.attacks --checkpoint models/catsdogs.pt --data DIR_OF_DOG_PHOTOS
 
 - default mode at each ``--eps``: the share of photos the ONNX model calls ``--target``
   after the result is saved as PNG, the median / 90th-percentile seconds per photo;
@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .fool import parse_eps
+from training.fool import parse_eps
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.bench_attacks",
+        prog="python -m benchmarks.attacks",
         description="Success rates and timings of fool-me and ideal images.",
         add_help=add_help,
     )
@@ -46,7 +46,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--onnx", default=None,
         help="ONNX model that judges (default: the checkpoint's .onnx sibling, else a fresh export to a temp dir)",
     )
-    parser.add_argument("--data", default="../shared/data/catsdogs/val/dog", help="folder of photos to attack")
+    parser.add_argument("--data", required=True, help="folder of dog photos to attack (e.g. a val/dog folder)")
     parser.add_argument("--target", default="cat", help="label the attacked photos should get (default cat)")
     parser.add_argument("--eps", default="1/255,2/255,4/255,8/255", help="comma-separated L-inf budgets, default mode")
     parser.add_argument("--robust-eps", default="8/255", help="L-inf budget of the robust mode (default 8/255)")
@@ -103,7 +103,7 @@ def _stats(seconds: list[float]) -> dict:
 
 def bench_fool(model, labels, classifier, photos, target, eps, *, robust=False, steps=None) -> dict:
     """Attack every photo; judge the 8-bit PNG (and re-shares) with the ONNX classifier."""
-    from .adversarial import fool
+    from training.adversarial import fool
 
     hits = {name: 0 for name in (RESHARES if robust else ["png"])}
     seconds, used, linfs, n = [], [], [], 0
@@ -126,7 +126,7 @@ def bench_fool(model, labels, classifier, photos, target, eps, *, robust=False, 
 
 def bench_ideal(model, labels, classifier, label, *, steps, out_dir, judge=None) -> dict:
     """Render ``label``'s ideal image; its ONNX probability after PNG, blur and a downscale."""
-    from .ideal import ideal_image
+    from training.ideal import ideal_image
 
     start = time.perf_counter()
     image = ideal_image(model, labels, label, steps=steps)
@@ -150,8 +150,8 @@ def readme_assets(model, labels, classifier, out_dir: Path, *, target: str, step
     before/after of the ideal non-target image attacked at 2/255 (no photo needed)."""
     from PIL import ImageDraw, ImageFont
 
-    from .adversarial import fool
-    from .ideal import ideal_image
+    from training.adversarial import fool
+    from training.ideal import ideal_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written, ideals = [], {}
@@ -185,8 +185,8 @@ def readme_assets(model, labels, classifier, out_dir: Path, *, target: str, step
 def _imagenet_judge(arch: str, weights: str | None):
     import torch
 
-    from .imagenet import CAT_CLASSES, DOG_CLASSES, load_imagenet_classifier
-    from .presets import preprocess
+    from training.imagenet import CAT_CLASSES, DOG_CLASSES, load_imagenet_classifier
+    from training.presets import preprocess
 
     net, categories = load_imagenet_classifier(arch, weights)
 
@@ -219,8 +219,8 @@ def main(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .distributed import resolve_device
+    from training.checkpoint import load_checkpoint
+    from training.distributed import resolve_device
 
     torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}

@@ -1,6 +1,6 @@
 """Compare out-of-distribution scores on real photos, to pick one by measurement.
 
-    python -m training.ood_benchmark --checkpoint models/catsdogs.pt \\
+    python -m benchmarks.ood --checkpoint models/catsdogs.pt \\
         --train ../shared/data/catsdogs/train --val ../shared/data/catsdogs/val \\
         --ood ../shared/data/notpets [--features own|reference] [--cache feats.pt] [--json]
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .ood import (
+from training.ood import (
     REFERENCE_KEYS,
     OODScorer,
     ScoreFeatures,
@@ -50,9 +50,9 @@ def folder_images(root: Path) -> list[tuple[str, Path]]:
 def features(model, files: list[Path], batch_size: int = 32, reference: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scored features (the model's own, or ``reference`` blocks') and the model's logits of
     ``files`` (decoded and preprocessed like everywhere else)."""
-    from export.images import load_image
+    from training.images import load_image
 
-    from .presets import preprocess_batch
+    from training.presets import preprocess_batch
 
     both = ScoreFeatures(model, reference).eval()
     feats, logits = [], []
@@ -172,7 +172,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from .checkpoint import load_checkpoint, read_checkpoint
+    from training.checkpoint import load_checkpoint, read_checkpoint
 
     model, labels = load_checkpoint(args.checkpoint)
     stored = (read_checkpoint(args.checkpoint).get("extra") or {}).get("ood") or {}

@@ -1,4 +1,4 @@
-"""``python -m training.bench_attacks`` end to end on the tiny model: the figures it prints
+"""``python -m benchmarks.attacks`` end to end on the tiny model: the figures it prints
 are the ONNX model's verdicts on what a user would receive (no timing is asserted)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from training.bench_attacks import get_args_parser, main
+from benchmarks.attacks import get_args_parser, main
 
 
 import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from export.bench import get_args_parser, main
+from benchmarks.inference import get_args_parser, main
 
 
 @pytest.mark.slow

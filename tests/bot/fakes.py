@@ -1,6 +1,6 @@
 """Stand-ins for the few Discord objects a slash-command callback touches.
 
-They let the tests and :mod:`bot.bench_load` drive the real command callbacks of
+They let the tests and :mod:`benchmarks.bot_load` drive the real command callbacks of
 :class:`bot.client.PetBot` — real handlers, real models — without a Discord connection. They
 record every call with a timestamp and enforce the rules Discord enforces (one initial
 response per interaction, followups only after it), so a callback that breaks them fails.

@@ -1,15 +1,15 @@
 """Load benchmark: a burst of concurrent slash commands against the real handlers.
 
-``python -m bot.bench_load`` fires N ``/classify`` and M ``/fool-me`` interactions at once
+``python -m benchmarks.bot_load`` fires N ``/classify`` and M ``/fool-me`` interactions at once
 through the real command callbacks of :class:`bot.client.PetBot` (fake Discord objects from
-:mod:`bot.fakes`, real models and pools) while a heartbeat task measures how late the event
+:mod:`tests.bot.fakes`, real models and pools) while a heartbeat task measures how late the event
 loop wakes up. Prints the figures: max event-loop stall, p50/p95 latency per command, busy
 replies, peak concurrent heavy jobs.
 
 Examples::
 
-    python -m bot.bench_load                                   # shipped models, generated photos
-    python -m bot.bench_load --images ../data/val/cat --pool process --json
+    python -m benchmarks.bot_load                                   # shipped models, generated photos
+    python -m benchmarks.bot_load --images ../data/val/cat --pool process --json
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import config
-from .client import PetBot
-from .fakes import FakeAttachment, FakeInteraction
-from .handlers import Handlers
+from bot import config
+from bot.client import PetBot
+from tests.bot.fakes import FakeAttachment, FakeInteraction
+from bot.handlers import Handlers
 
 
 @dataclass
@@ -161,7 +161,7 @@ async def run_load(handlers: Handlers, photos: list[tuple[str, bytes]], *, class
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bot.bench_load", add_help=add_help,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bot_load", add_help=add_help,
                                      description="Concurrent /classify and /fool-me against the real handlers; "
                                                  "prints event-loop stall, latencies and busy replies.")
     config.add_model_arguments(parser)
