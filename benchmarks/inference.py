@@ -66,7 +66,7 @@ def cpu_summary() -> str:
 
 def labelled_files(root: Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
     """``root/<label>/*`` for the model's labels (folders named otherwise are ignored)."""
-    from export.convert import image_files
+    from training.images import image_files
 
     files, ys = [], []
     for y, label in enumerate(labels):

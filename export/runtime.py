@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from training.presets import CROP_SIZE, RESIZE_SIZE, preprocess
+from training.presets import CROP_SIZE, preprocess, resize_size_for
 
 from training.images import ImageError, ImageSource, load_image
 
@@ -136,7 +136,7 @@ class Classifier:
         self._apply_softmax = self._output != "probabilities"
         size = metadata.get("image_size") or (inp.shape[-1] if isinstance(inp.shape[-1], int) else CROP_SIZE)
         self.image_size = int(size)
-        self.resize_size = int(metadata.get("resize_size") or round(self.image_size * RESIZE_SIZE / CROP_SIZE))
+        self.resize_size = int(metadata.get("resize_size") or resize_size_for(self.image_size))
         self._on_cuda = self.providers[0] in (CUDA, TENSORRT)
 
     @classmethod
