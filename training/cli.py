@@ -127,9 +127,10 @@ def fail(message: object, *, status: int = EXIT_USAGE, json_line: bool = False) 
 
 
 def run(p: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], argv: Sequence[str] | None = None,
-        *, failures: tuple[type[BaseException], ...] = ()) -> int:
+        *, failures: tuple[type[BaseException], ...] = (),
+        user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
     """Parse ``argv`` and call ``main(args)``. A non-zero int from ``main`` is the exit status
-    (``sys.exit``); anything else returns 0. A user's error (:data:`USER_ERRORS`) -> :func:`fail`
+    (``sys.exit``); anything else returns 0. A user's error (``user_errors``) -> :func:`fail`
     (one line, exit 2); ``failures`` (the tool could not do its job, e.g. an export that fails
     its parity check) -> one line, exit 1; Ctrl-C -> exit 130. Other exceptions are bugs and
     keep their traceback."""
@@ -141,7 +142,7 @@ def run(p: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], a
         sys.exit(EXIT_INTERRUPTED)
     except failures as exc:
         fail(_one_line(exc), status=EXIT_FAILED, json_line=as_json)
-    except USER_ERRORS as exc:
+    except user_errors as exc:
         fail(_one_line(exc), json_line=as_json)
     except Exception as exc:
         torch = sys.modules.get("torch")
