@@ -11,8 +11,7 @@ Three layouts are recognised (see :func:`find_dataset`):
 - Oxford-IIIT Pet: ``DIR/images/<Breed_Name>_<N>.jpg``, the label taken from the file name
   (torchvision's spelling, e.g. ``American Bulldog``); the official trainval/test split is
   used when ``DIR/annotations/{trainval,test}.txt`` are there. ``DIR`` may also be the root
-  given to ``torchvision.datasets.OxfordIIITPet(root, download=True)``
-  (see :func:`download_oxford_iiit_pet`).
+  given to ``torchvision.datasets.OxfordIIITPet(root, download=True)``.
 
 Every image is decoded through :func:`training.images.load_image`, the product's one intake.
 """
@@ -247,11 +246,3 @@ class ImageDataset(torch.utils.data.Dataset):
         path, label = self.samples[i]
         return self.transform(decode(path)), label
 
-
-def download_oxford_iiit_pet(root: str | Path) -> Path:
-    """Download Oxford-IIIT Pet with torchvision (needs internet, ~800 MB) and return the
-    folder to pass as ``--data``."""
-    import torchvision
-
-    torchvision.datasets.OxfordIIITPet(str(root), split="trainval", download=True)
-    return Path(root) / "oxford-iiit-pet"

@@ -74,12 +74,6 @@ def fourier_image(
     return [spectrum], image_f
 
 
-def pixel_image(size: int, *, batch: int = 1, sd: float = 0.01, generator=None, device="cpu"):
-    """Plain pixel parameterization (for comparison: it drifts to high-frequency noise)."""
-    t = (torch.randn(batch, 3, size, size, generator=generator) * sd).to(device).requires_grad_(True)
-    return [t], lambda: torch.sigmoid(t)
-
-
 # ---------------------------------------------------------------------- objectives ---
 
 
