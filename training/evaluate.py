@@ -27,9 +27,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint, read_checkpoint
 from .cli import add_device, add_json, add_model, make_parser, positive, resolve_device, run
 from .data import DatasetError, ImageDataset, check_images, scan_class_folders
 from .images import image_files
+from .ood import ClassifierWithOOD, ood_metrics, ood_scorer_from_checkpoint
 from .presets import EvalPreset
 
 Predict = Callable[[torch.Tensor], np.ndarray]  # [N,3,H,W] in [0,1] -> probabilities [N,C]
@@ -47,8 +49,6 @@ def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predict, lis
         return (lambda x: clf.probabilities(x.numpy())), list(clf.labels)
     if path.suffix != ".pt":
         raise ValueError(f"--model must be a .pt checkpoint or an .onnx model, got {path.name}")
-    from .checkpoint import load_checkpoint
-
     dev = resolve_device(device)
     model, labels = load_checkpoint(path, dev)
 
@@ -76,8 +76,6 @@ def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, f
         if clf.ood_threshold is None:
             raise ValueError(hint)
         return (lambda x: clf.ood_scores(x.numpy())), clf.ood_threshold
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .ood import ClassifierWithOOD, ood_scorer_from_checkpoint
 
     scorer = ood_scorer_from_checkpoint(read_checkpoint(path))
     if scorer is None:
@@ -106,8 +104,6 @@ def evaluate_ood(model: str | Path, data: str | Path, ood: str | Path, labels: l
                  batch_size: int = 64, workers: int = 0) -> dict:
     """AUROC and accept rates of the model's OOD verdict: ``data``'s labelled photos (should be
     accepted) against every image under ``ood`` (should be refused)."""
-    from .ood import ood_metrics
-
     ood = Path(ood)
     if not ood.is_dir():
         raise DatasetError(f"--ood folder not found: {ood}")
