@@ -20,6 +20,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
+from .labels import english_list
+
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 
 MAX_BYTES = 40 * 1024 * 1024  # a 35-megapixel JPEG is ~10-20 MB
@@ -34,7 +36,7 @@ BOMB_RATIO = 1000  # pixels per byte of file; photos are ~0.3, flat screenshots 
 # Decoders we let Pillow use. Restricting ``Image.open`` keeps user uploads away from the
 # exotic plugins (EPS shells out to Ghostscript; PSD, FITS, ... are rarely exercised code).
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"] + (["AVIF"] if features.check("avif") else [])
-SUPPORTED = ", ".join(f.replace("WEBP", "WebP") for f in FORMATS[:-1]) + " or " + FORMATS[-1].replace("WEBP", "WebP")
+SUPPORTED = english_list([f.replace("WEBP", "WebP") for f in FORMATS])
 # File names every tool treats as photos when it reads a folder: the formats above.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
                            | ({".avif"} if "AVIF" in FORMATS else set()))
