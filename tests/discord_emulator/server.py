@@ -40,6 +40,9 @@ class Recorded:
     fault: str | None = None
 
 
+RECORD = web.RequestKey("record", Recorded) if hasattr(web, "RequestKey") else "record"
+
+
 @dataclass
 class Message:
     """A message an interaction produced, as the user sees it."""
@@ -231,7 +234,7 @@ class Emulator:
     async def _record(self, request: web.Request, handler):
         rec = Recorded(request.method, request.path, time.monotonic())
         self.requests.append(rec)
-        request["record"] = rec
+        request[RECORD] = rec
         try:
             resp = self._inject(request, rec) if request.path.startswith(API) else None
             if resp is None and request.path.startswith(API) and self._needs_auth(request):
@@ -286,7 +289,7 @@ class Emulator:
                     files[part.filename or part.name] = await part.read()
         else:
             body = await request.json() if request.can_read_body else None
-        rec = request["record"]
+        rec = request[RECORD]
         rec.body, rec.files = body, [(n, len(d)) for n, d in files.items()]
         return body, files
 
