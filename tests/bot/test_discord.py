@@ -166,3 +166,40 @@ def test_a_broken_upload_is_answered_privately_after_the_public_defer(live):
     live.run(live.emu.wait_for(lambda: it.original.deleted, 10))  # the placeholder goes right after
     (answer,) = it.messages  # the public placeholder is gone
     assert answer.ephemeral and "not an image" in answer.content
+
+
+def console(capsys, monkeypatch, live, command: str, message: dict, tmp_path, *extra: str) -> dict:
+    """``python -m bot.console COMMAND --message-json FILE`` (in this process), with the
+    emulator's CDN allowed as ``python -m bot`` allows it under PETLENS_DISCORD_URL."""
+    import json
+
+    from bot import console as cli
+
+    path = tmp_path / "message.json"
+    path.write_text(json.dumps(message))
+    monkeypatch.setenv("PETLENS_DISCORD_URL", live.emu.base_url)
+    s = live.handlers.settings
+    args = cli.get_args_parser().parse_args([
+        command, "--message-json", str(path), "--model", str(s.model), "--checkpoint", str(s.checkpoint),
+        "--fool-steps", str(s.fool_steps), "--out", str(tmp_path), *extra])
+    assert cli.main(args) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_console_fool_me_on_a_posted_message(capsys, monkeypatch, live, tmp_path):
+    msg = live.emu.posted([attach(live.emu, "dog", 5, "rex.png")])
+    out = console(capsys, monkeypatch, live, "fool-me", msg, tmp_path)
+    assert out["ok"], out["text"]
+    (png,) = out["files"]
+    assert png.endswith("rex-as-cat.png") and judged(live, open(png, "rb").read()) == "cat"
+
+
+def test_console_refuses_messages_without_a_cdn_image(capsys, monkeypatch, live, tmp_path, elsewhere):
+    url, hits = elsewhere
+    out = console(capsys, monkeypatch, live, "classify", live.emu.posted(content=f"{url}/dog.png"), tmp_path)
+    assert not out["ok"] and "no image attached" in out["text"] and "Classify photo" in out["text"]
+    forged = live.emu.posted([{"id": "1", "filename": "dog.png", "size": 100, "url": f"{url}/dog.png",
+                               "content_type": "image/png"}])
+    out = console(capsys, monkeypatch, live, "explain", forged, tmp_path)
+    assert not out["ok"] and "not a file attached on Discord" in out["text"]
+    assert hits == []
