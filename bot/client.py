@@ -183,12 +183,9 @@ class PetTree(app_commands.CommandTree):
         name = command.name if command else "?"
         shown = name if isinstance(command, app_commands.ContextMenu) else f"/{name}"
         log.error("%s raised", shown, exc_info=error)
-        text = f"⚠️ Sorry, {shown} failed on my side. Please try again in a moment."
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
+        reply = Reply(False, f"Sorry, {shown} failed on my side. Please try again in a moment.", ephemeral=True)
+        try:  # send_reply keeps it private even after a public defer
+            await send_reply(interaction, reply)
         except discord.HTTPException:
             pass  # the interaction expired or Discord is unreachable: nothing more to do
 

@@ -83,6 +83,12 @@ class Harness:
             if self.task is not None:
                 await asyncio.gather(self.task, return_exceptions=True)
             await self.emu.stop()
+            # discord.py leaves a few helper tasks (ready delays, queue readers) behind: end them
+            # here rather than let the loop be closed under them.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
             self.run(shutdown(), timeout=30)
