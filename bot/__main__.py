@@ -22,6 +22,8 @@ environment:
                            never logged. Keep it in a file only you can read, e.g. a systemd
                            EnvironmentFile.
   DISCORD_GUILD_ID         same as --guild-id
+  PETLENS_DISCORD_URL      tests only: talk to a local Discord emulator at http://127.0.0.1:PORT
+                           (REST, gateway and attachment downloads); loopback addresses only
   PETLENS_*                defaults for the flags above, named after them (PETLENS_MAX_HEAVY, ...)
 
 exit status:
@@ -46,7 +48,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bot", add_help=add_help, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="The petlens Discord bot: /classify, /fool-me, /ideal, /explain and /about.",
+        description="The petlens Discord bot: /classify, /fool-me, /ideal, /explain and /about, and the "
+                    "message context menus Classify photo, Fool me and Explain.",
     )
     config.add_model_arguments(parser)
     config.add_service_arguments(parser)
@@ -68,9 +71,13 @@ def check_token(token: str) -> str | None:
 
 async def serve(settings: config.Settings) -> None:
     """Load the models, log in and serve until interrupted."""
-    from .client import PetBot
+    from .client import PetBot, use_local_discord
     from .handlers import Handlers
 
+    if settings.discord_url:
+        use_local_discord(settings.discord_url)
+        logging.getLogger(__name__).warning("PETLENS_DISCORD_URL is set: talking to the local Discord emulator at %s",
+                                            settings.discord_url)
     handlers = Handlers(settings)
     try:
         async with PetBot(handlers, settings) as bot:

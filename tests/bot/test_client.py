@@ -34,14 +34,18 @@ def attach(data: bytes, name: str) -> FakeAttachment:
 
 
 def test_commands_and_their_options_are_registered(bot):
+    import discord
+
     names = {c.name for c in bot.tree.get_commands()}
     assert names == {"classify", "fool-me", "ideal", "explain", "about"}
+    menus = {c.name for c in bot.tree.get_commands(type=discord.AppCommandType.message)}
+    assert menus == {"Classify photo", "Fool me", "Explain"}
     fool = bot.tree.get_command("fool-me")
     params = {p.name: p for p in fool.parameters}
     assert [c.value for c in params["target"].choices] == LABELS  # choices come from the model
     assert not params["target"].required and params["image"].required
     assert [c.value for c in bot.tree.get_command("ideal").parameters[0].choices] == LABELS
-    for command in bot.tree.get_commands():
+    for command in bot.tree.get_commands():  # chat-input only by default
         assert 0 < len(command.description) <= 100  # Discord's limit
 
 
