@@ -14,6 +14,8 @@ import re
 import signal
 import sys
 
+from training.cli import make_parser, run
+
 from . import config
 
 EPILOG = """\
@@ -45,11 +47,10 @@ EXIT_REJECTED = 3  # Discord refused the token or the intents: retrying will not
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bot", add_help=add_help, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="The petlens Discord bot: /classify, /fool-me, /ideal, /explain and /about, and the "
-                    "message context menus Classify photo, Fool me and Explain.",
+    parser = make_parser(
+        "petlens-bot", "The petlens Discord bot (also: python -m bot): /classify, /fool-me, /ideal, /explain "
+        "and /about, and the message context menus Classify photo, Fool me and Explain.",
+        add_help=add_help, epilog=EPILOG,
     )
     config.add_model_arguments(parser)
     config.add_service_arguments(parser)
@@ -131,9 +132,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-bot``). Exit statuses: 1 Discord unreachable (retry),
+    2 configuration (the operator's to fix, one ``error:`` line), 3 token or intents refused."""
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

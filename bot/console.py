@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 
 from . import config
+from training.cli import make_parser, run
+
 from .config import STRENGTHS
 
 EXIT_CONFIG = 2
@@ -43,10 +45,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, default=Path("."),
                         help="folder for the images a command sends back (default: the current folder)")
 
-    parser = argparse.ArgumentParser(
-        prog="python -m bot.console", add_help=add_help,
-        description="Run the bot's command handlers without Discord; prints one JSON line "
-                    '{"ok": bool, "text": str, "files": [paths written]}.',
+    parser = make_parser(
+        "petlens-bot-console", "Run the bot's command handlers without Discord (also: python -m bot.console); "
+        'prints one JSON line {"ok": bool, "text": str, "files": [paths written]}.', add_help=add_help,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("classify", parents=[common], help="top-3 labels for a photo")
@@ -163,9 +164,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-bot-console``): a bad photo is a reply (``ok: false``,
+    exit 0), a configuration mistake one ``error:`` line and exit 2."""
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

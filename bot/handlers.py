@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Hashable
 
 from training.images import ImageError
+from training.labels import english_list
 
 from . import work
 from .config import DEFAULT_CHECKPOINT, STRENGTHS, Limits, Settings
@@ -408,7 +409,7 @@ def _names(labels: list[str]) -> str:
     """"cat and dog", "cat, dog and rabbit", or "37 labels" when there are many."""
     if len(labels) > 6:
         return f"{len(labels)} labels"
-    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f" and {labels[-1]}"
+    return english_list(labels, "and")
 
 
 def _accuracy(meta: dict, metrics: dict) -> str | None:
