@@ -161,8 +161,14 @@ class TritonBackend:
         inp.set_data_from_numpy(np.zeros((1, *self.input_shape), np.float32))
         out = http.InferRequestedOutput(self._classes, class_count=n)
         result = self._call("the labels (classification extension)", self._client().infer, self.name, [inp], outputs=[out])
+        entries = result.as_numpy(self._classes)
+        if entries is None or entries.shape != (1, n):
+            # The server passes on whatever the model returns (the python backend does not
+            # hold it to the config), so a model/config disagreement shows up here.
+            raise ModelError(f"{self.name} on {self.url} answered {self._classes} with shape "
+                             f"{None if entries is None else list(entries.shape)}, but its config says [1, {n}]")
         labels = [f"class_{i}" for i in range(n)]
-        for entry in result.as_numpy(self._classes).reshape(-1):  # b"<value>:<index>[:<label>]"
+        for entry in entries.reshape(-1):  # b"<value>:<index>[:<label>]"
             parts = (entry.decode() if isinstance(entry, bytes) else str(entry)).split(":", 2)
             if len(parts) == 3:
                 labels[int(parts[1])] = parts[2]

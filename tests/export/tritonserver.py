@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 # The stub runs an isolated interpreter (PyConfig_InitIsolatedConfig): PYTHONPATH is ignored
 # and only the base Python's site-packages is seen. Whichever of model.py and
@@ -179,32 +180,38 @@ class TritonServer:
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU tests: no GPU probing in the server
         return env
 
-    def start(self, timeout: float = 120.0) -> "TritonServer":
+    def start(self, timeout: float = 120.0, models: Sequence[str] | None = None) -> "TritonServer":
+        """Start and wait until ready: the whole server, or when ``models`` is given, just
+        those models (then the others may fail to load, as a test of that wants)."""
         port = _free_port()
+        strict = "true" if models is None else "false"
         cmd = [
             str(self.files.binary), f"--model-repository={self.repo}", f"--backend-directory={self._backends()}",
             "--http-address=127.0.0.1", f"--http-port={port}", "--allow-grpc=false", "--allow-metrics=false",
-            "--exit-on-error=true", "--strict-readiness=true",
-            "--exit-timeout-secs=5", "--log-verbose=0",
+            f"--exit-on-error={strict}", f"--strict-readiness={strict}", "--exit-timeout-secs=5", "--log-verbose=0",
         ]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                          start_new_session=True, preexec_fn=_die_with_parent)
         atexit.register(self.stop)
         self.url = f"http://127.0.0.1:{port}"
+        waiting = [f"{self.url}/v2/health/ready"] if models is None else [f"{self.url}/v2/models/{m}/ready" for m in models]
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while waiting and time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with status {self.proc.returncode}:\n{self.log_text()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as resp:
+                with urllib.request.urlopen(waiting[0], timeout=2) as resp:
                     if resp.status == 200:
-                        return self
+                        waiting.pop(0)
+                        continue
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"tritonserver not ready after {timeout:.0f} s:\n{self.log_text()}")
+        if waiting:
+            self.stop()
+            raise RuntimeError(f"tritonserver not ready after {timeout:.0f} s ({waiting[0]}):\n{self.log_text()}")
+        return self
 
     def stop(self) -> None:
         """SIGTERM (graceful), then SIGKILL the whole process group (server and stubs)."""
