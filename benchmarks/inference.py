@@ -169,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
 
     # End to end: decode + preprocess + run + top-k from a file vs the bare session.run.
     photo = files[0]
-    e2e_times = interleaved({"bare": lambda: fp32.session.run([fp32._output], {fp32.input_name: x1}),
+    e2e_times = interleaved({"bare": lambda: fp32.backend.session.run([fp32.output], {fp32.backend.input_name: x1}),
                              "e2e": lambda: fp32.predict(photo)}, args.repeat, stat=args.stat)
     bare, e2e = e2e_times["bare"] * 1e3, e2e_times["e2e"] * 1e3
     figures.update(bare_run_ms=bare, predict_file_ms=e2e)

@@ -227,10 +227,10 @@ def verify(
             "torch's own output is not finite on the check images"
             + (": the model over- or underflows in float16; export it without --fp16." if half else ".")
         )
-    names = [o.name for o in clf.session.get_outputs()][1:]  # probabilities [, ood_score]
+    names = list(clf.backend.outputs[1:])  # probabilities [, ood_score]
 
     def run(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([o.reshape(len(x), -1) for o in clf.session.run(names, {clf.input_name: x})], axis=1)
+        return np.concatenate([o.reshape(len(x), -1) for o in clf.backend.run(names, x)], axis=1)
 
     got_batch = run(batch)
     got_single = np.concatenate([run(batch[i : i + 1]) for i in range(len(batch))])

@@ -203,7 +203,7 @@ def quantize_int8(
         try:
             try:
                 quantize_static(
-                    str(src), str(tmp_out), _Reader(fp32.input_name, cal),
+                    str(src), str(tmp_out), _Reader(fp32.backend.input_name, cal),
                     nodes_to_exclude=kept_float(onnx.load(str(src)), settings.float_convs), **settings.kwargs(),
                 )
             except Exception as exc:  # onnxruntime.quantization raises anything from deep inside

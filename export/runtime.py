@@ -1,22 +1,19 @@
-"""The one onnxruntime loader: :class:`Classifier` serves every prediction in the product.
+"""The one :class:`Classifier` serving every prediction in the product.
 
-One ``InferenceSession`` per model file, created once and shared (``run`` is thread-safe).
-Providers: CUDA when onnxruntime has the CUDA provider *and* the machine has a usable
-NVIDIA device, else CPU; TensorRT only when asked for explicitly. On a CPU-only machine
-with ``onnxruntime-gpu`` installed this means no CUDA provider is ever requested, so no
-"Failed to load libcublasLt" errors are logged.
+It owns decoding, the one preprocessing, softmax, top-k and the "is it a pet?" verdict, over
+a backend that runs the model (:class:`export.backend.Backend`): a local ONNX file in
+onnxruntime (:mod:`export.onnx_backend`) or a model on a Triton server
+(:mod:`export.triton_client`). ``Classifier.load`` picks one from what it is given.
 
 Example::
 
     from export.runtime import Classifier
-    clf = Classifier.load("models/catsdogs.onnx")
+    clf = Classifier.load("models/catsdogs.onnx")          # or "http://localhost:8000/catsdogs"
     clf.predict("photo.jpg")            # [("cat", 0.97), ("dog", 0.03)]
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import os
 import re
@@ -25,87 +22,21 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
-
-from training.presets import CROP_SIZE, preprocess, resize_size_for
 
 from training.images import ImageError, ImageSource, load_image
+from training.labels import describe_labels
+from training.presets import CROP_SIZE, preprocess, resize_size_for
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
+from .backend import Backend, ModelError
+from .onnx_backend import CPU, CUDA, TENSORRT, OnnxBackend, cuda_device_count, default_providers, default_threads, session_options
+from .triton_client import TritonBackend
+
+__all__ = [
+    "CPU", "CUDA", "TENSORRT", "MAX_BATCH", "Assessment", "Classifier", "ModelError",
+    "cuda_device_count", "default_providers", "default_threads", "describe_labels", "session_options", "softmax",
+]
+
 MAX_BATCH = 256  # predict_batch runs bigger lists in chunks of this many
-
-
-class ModelError(ValueError):
-    """A model file that cannot be served; the message says what is wrong."""
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_device_count() -> int:
-    """NVIDIA devices the driver reports, asked of ``libcuda`` directly (no torch import).
-
-    0 when there is no driver library or no device, which is how a CPU machine with
-    ``onnxruntime-gpu`` installed is told apart from a GPU machine.
-    """
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return 0
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return 0
-    count = ctypes.c_int(0)
-    try:
-        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-    except AttributeError:
-        return 0
-    return count.value
-
-
-def default_providers() -> list[str]:
-    """CUDA -> CPU when both onnxruntime and the machine can do CUDA, else CPU alone."""
-    if CUDA in ort.get_available_providers() and cuda_device_count() > 0:
-        return [CUDA, CPU]
-    return [CPU]
-
-
-def _prepare_cuda() -> None:
-    # onnxruntime-gpu finds cuDNN/cuBLAS from the pip `nvidia-*` wheels (or torch) only
-    # after preload_dlls; best effort, since a system CUDA install works without it.
-    try:
-        ort.preload_dlls()
-    except Exception:
-        pass
-
-
-def default_threads() -> int:
-    """Intra-op threads: the CPUs this process may use (cgroup affinity), at most 8 --
-    beyond that a small CNN at batch 1 gains nothing and starves the web server."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
-
-
-def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
-    """Options for a long-lived server session (see :meth:`Classifier.load`)."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain; parallel mode only adds threads
-    so.intra_op_num_threads = threads or default_threads()
-    so.inter_op_num_threads = 1
-    # Spinning worker threads busy-wait after every run: a little lower latency (measured
-    # 5.4 vs 7.8 ms best case at batch 1, 2 threads) for whole cores taken from the web
-    # server and the torch-side attacks that share the process.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    so.log_severity_level = 3  # errors only: node-placement notes are not for users
-    return so
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -115,29 +46,28 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Classifier:
-    """An ONNX pet classifier with its labels and preprocessing.
+    """A pet classifier: labels, preprocessing and predictions over one backend.
 
-    Use :meth:`load`. Attributes: ``labels``, ``metadata`` (the file's metadata_props),
-    ``image_size``, ``providers`` (what the session actually runs on), ``session``.
+    Use :meth:`load`. Attributes: ``labels``, ``metadata`` (the model's metadata_props),
+    ``image_size``, ``resize_size``, ``providers`` (where the model actually runs),
+    ``backend`` (an :class:`~export.onnx_backend.OnnxBackend` or
+    :class:`~export.triton_client.TritonBackend`), ``path`` (the file or URL it came from),
+    ``ood_threshold``.
     """
 
-    def __init__(self, session: ort.InferenceSession, labels: list[str], metadata: dict[str, str], path: Path | None = None):
-        self.session = session
+    def __init__(self, backend: Backend, path: str | Path | None = None):
+        self.backend = backend
         self.path = path
-        self.metadata = metadata
-        self.labels = labels
-        self.providers = session.get_providers()
-        inp = session.get_inputs()[0]
-        self.input_name = inp.name
-        outputs = [o.name for o in session.get_outputs()]
-        self._outputs = outputs
+        self.labels = list(backend.labels)
+        self.metadata = dict(backend.metadata)
+        self.providers = list(backend.providers)
+        outputs = backend.outputs
         # Prefer the in-graph softmax; a logits-only model (exported elsewhere) still works.
-        self._output = "probabilities" if "probabilities" in outputs else outputs[0]
-        self._apply_softmax = self._output != "probabilities"
-        size = metadata.get("image_size") or (inp.shape[-1] if isinstance(inp.shape[-1], int) else CROP_SIZE)
-        self.image_size = int(size)
-        self.resize_size = int(metadata.get("resize_size") or resize_size_for(self.image_size))
-        self._on_cuda = self.providers[0] in (CUDA, TENSORRT)
+        self.output = "probabilities" if "probabilities" in outputs else outputs[0]
+        self._apply_softmax = self.output != "probabilities"
+        self.image_size = int(self.metadata.get("image_size") or backend.input_shape[-1] or CROP_SIZE)
+        self.resize_size = int(self.metadata.get("resize_size") or resize_size_for(self.image_size))
+        self.ood_threshold = _ood_threshold(self.metadata) if "ood_score" in outputs else None
 
     @classmethod
     def load(
@@ -152,41 +82,14 @@ class Classifier:
         for TensorRT. ``threads``: intra-op threads (default: usable CPUs, at most 8).
         ``spinning``: let idle worker threads busy-wait (lower latency on a dedicated
         machine; off by default because it takes CPU from everything else in the process).
-        Raises :class:`ModelError` for a missing or unreadable file.
+        The three are for local files; a Triton server has its own settings.
+        Raises :class:`ModelError` for a missing or unreadable file, or a server that is
+        down, does not have the model ready, or serves one not shaped like an export.
         """
         url = re.sub(r"^(https?):/+", r"\1://", str(path))  # Path() collapses "//"
         if url.startswith(("http://", "https://")):
-            from .triton_client import TritonClassifier
-
-            return TritonClassifier.connect(url)
-        path = Path(path)
-        if not path.is_file():
-            raise ModelError(f"model not found: {path}. Export one with `python -m export --checkpoint C --out {path.name}`.")
-        providers = list(providers) if providers else default_providers()
-        unknown = [p for p in providers if p not in ort.get_available_providers()]
-        if unknown:
-            raise ModelError(
-                f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime; "
-                f"available: {', '.join(ort.get_available_providers())}"
-            )
-        if any(p in (CUDA, TENSORRT) for p in providers):
-            if cuda_device_count() == 0:
-                raise ModelError(f"{', '.join(p for p in providers if p in (CUDA, TENSORRT))} requested, but no NVIDIA GPU is usable here")
-            _prepare_cuda()
-        try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"{path} is not an ONNX model onnxruntime can run ({str(exc).splitlines()[0][:200]})") from exc
-        meta = dict(session.get_modelmeta().custom_metadata_map)
-        n_out = session.get_outputs()[0].shape[-1]
-        try:
-            labels = [str(label) for label in json.loads(meta["labels"])]
-        except (KeyError, ValueError, TypeError):
-            # Exported elsewhere: serve it with numbered classes rather than refuse.
-            labels = [f"class_{i}" for i in range(n_out if isinstance(n_out, int) else 0)]
-        if isinstance(n_out, int) and len(labels) != n_out:
-            raise ModelError(f"{path}: metadata lists {len(labels)} labels but the model has {n_out} outputs")
-        return cls(session, labels, meta, path)
+            return cls(TritonBackend.connect(url), url)
+        return cls(OnnxBackend.open(path, providers=providers, threads=threads, spinning=spinning), Path(path))
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """Decode (safely, see :func:`training.images.load_image`) and preprocess one image to
@@ -194,31 +97,22 @@ class Classifier:
         img = load_image(image, min_side=self.resize_size)
         return preprocess(img, self.resize_size, self.image_size)
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, C]`` for a preprocessed float32 batch ``[N, 3, S, S]``."""
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
         want = (3, self.image_size, self.image_size)
         if batch.ndim != 4 or batch.shape[1:] != want:
             raise ValueError(f"expected a batch of shape [N, {', '.join(map(str, want))}], got {list(batch.shape)}")
-        if len(batch) == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        out = self._infer(np.ascontiguousarray(batch, dtype=np.float32))
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def _probs(self, out: np.ndarray) -> np.ndarray:
         return softmax(out) if self._apply_softmax else out
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        """The model's chosen output for a validated float32 batch (subclasses: remote servers)."""
-        if self._on_cuda:
-            return self._run_bound(batch)
-        return self.session.run([self._output], {self.input_name: batch})[0]
-
-    def _run_bound(self, batch: np.ndarray) -> np.ndarray:
-        """IO binding on CUDA: one host->device copy of the whole batch, the output
-        allocated on the device and copied back once, no intermediate staging copies."""
-        binding = self.session.io_binding()  # per call: bindings are not thread-safe
-        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
-        binding.bind_output(self._output, "cuda", 0)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, C]`` for a preprocessed float32 batch ``[N, 3, S, S]``."""
+        batch = self._check_batch(batch)
+        if len(batch) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self._probs(self.backend.run([self.output], batch)[0])
 
     def _top(self, probs: np.ndarray, top_k: int) -> list[tuple[str, float]]:
         order = np.argsort(-probs, kind="stable")[:top_k]
@@ -253,26 +147,15 @@ class Classifier:
             results.extend(self._top(p, top_k) for p in probs)
         return results
 
-    @functools.cached_property  # read once: assess() runs per request
-    def ood_threshold(self) -> float | None:
-        """The calibrated "is it a pet?" threshold, or None for a model without an OOD score."""
-        if "ood_score" not in getattr(self, "_outputs", ()):  # remote models: no OOD output
-            return None
-        try:
-            return float(json.loads(self.metadata["ood"])["threshold"])
-        except (KeyError, ValueError, TypeError):
-            return None
-
     def ood_scores(self, batch: np.ndarray) -> np.ndarray:
         """"Is it a pet?" scores ``[N]`` (higher = less like the training photos) for a
         preprocessed batch; compare with :attr:`ood_threshold`. Needs a model with OOD output."""
         if self.ood_threshold is None:
             raise ModelError("this model has no ood_score output (export it from a calibrated checkpoint)")
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run(["ood_score"], {self.input_name: batch})[0].reshape(-1)
+        return self.backend.run(["ood_score"], self._check_batch(batch))[0].reshape(-1)
 
     def assess(self, image: ImageSource, top_k: int = 3) -> "Assessment":
-        """:meth:`predict` plus the out-of-distribution verdict, in one ``session.run``.
+        """:meth:`predict` plus the out-of-distribution verdict, from one model run.
 
         ``is_pet`` is False when the photo looks unlike every training photo (score above
         the threshold calibrated at export time to accept ~95% of real pets); for a model
@@ -281,32 +164,24 @@ class Classifier:
         top_k = self._check_top_k(top_k)
         batch = self.preprocess(image)[None]
         threshold = self.ood_threshold
-        if threshold is None or self._on_cuda:
-            probs = self.probabilities(batch)[0]
-            score = None
-            if threshold is not None:  # CUDA path: a second output costs one more small run
-                score = float(self.session.run(["ood_score"], {self.input_name: batch})[0][0])
+        if threshold is None:
+            probs, score, is_pet = self.probabilities(batch)[0], None, None
         else:
-            out, scores = self.session.run([self._output, "ood_score"], {self.input_name: batch})
-            probs = (softmax(out) if self._apply_softmax else out)[0]
-            score = float(scores[0])
-        is_pet = None if score is None else bool(score <= threshold)
+            out, scores = self.backend.run([self.output, "ood_score"], batch)
+            probs, score = self._probs(out)[0], float(scores.reshape(-1)[0])
+            is_pet = bool(score <= threshold)
         return Assessment(self._top(probs, top_k), score, threshold, is_pet, tuple(self.labels))
 
     def __repr__(self) -> str:
         return f"Classifier({self.path}, labels={self.labels}, providers={self.providers})"
 
 
-def describe_labels(labels: Sequence[str]) -> str:
-    """What a model knows, for "This doesn't look like ...": ``["cat", "dog"]`` -> "a cat or
-    a dog"; up to four labels are named, more become "any of the 37 pets this model knows"."""
-    names = [str(label).replace("_", " ") for label in labels]
-    if not names:
-        return "anything this model knows"
-    if len(names) > 4:
-        return f"any of the {len(names)} pets this model knows"
-    named = [f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}" for name in names]
-    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + f" or {named[-1]}"
+def _ood_threshold(metadata: dict[str, str]) -> float | None:
+    """The calibrated "is it a pet?" threshold from the metadata, or None."""
+    try:
+        return float(json.loads(metadata["ood"])["threshold"])
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Layout (what ``tritonserver --model-repository DIR`` expects)::
 
-    DIR/<name>/config.pbtxt     platform "onnxruntime_onnx", dynamic batching
+    DIR/<name>/config.pbtxt     platform "onnxruntime_onnx", dynamic batching, the model's
+                                metadata as parameters "petlens.<key>"
     DIR/<name>/labels.txt       one class name per line (Triton's classification extension)
     DIR/<name>/1/model.onnx     the model, version 1
 
@@ -55,6 +56,26 @@ def _block(name: str, dtype: str, dims: list[int], extra: str = "") -> str:
     )
 
 
+def _pbtxt_string(value: str) -> str:
+    """A protobuf text-format string literal (UTF-8 kept as is; quotes, backslashes and
+    line breaks escaped)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def _parameters(meta: dict[str, str]) -> str:
+    """The export's metadata as model-config parameters (``petlens.<key>``): what
+    ``export.triton_client`` reads back (image size, OOD threshold, ...), since Triton's
+    model metadata has no place for it. Backends ignore parameter keys they do not know."""
+    if not meta:
+        return ""
+    entries = [
+        f"  {{ key: {_pbtxt_string('petlens.' + key)} value: {{ string_value: {_pbtxt_string(value)} }} }}"
+        for key, value in meta.items()
+    ]
+    return "# The exported model's metadata, for clients (export.triton_client).\nparameters [\n" + ",\n".join(entries) + "\n]\n"
+
+
 def config_pbtxt(model: onnx.ModelProto, name: str, *, max_batch_size: int = DEFAULT_MAX_BATCH, kind: str = "auto", count: int = 1, queue_delay_us: int = 2000) -> str:
     """The text of ``config.pbtxt`` for ``model`` (an exported petlens classifier)."""
     meta = {p.key: p.value for p in model.metadata_props}
@@ -80,6 +101,7 @@ def config_pbtxt(model: onnx.ModelProto, name: str, *, max_batch_size: int = DEF
         f"  max_queue_delay_microseconds: {queue_delay_us}\n"
         "}\n"
         "instance_group [\n  {\n" + instance + "  }\n]\n"
+        + _parameters(meta) +
         "# On a GPU, TensorRT is often faster still; uncomment to let onnxruntime hand the graph to it:\n"
         "# optimization { execution_accelerators { gpu_execution_accelerator: [\n"
         '#   { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }\n'
