@@ -105,7 +105,7 @@ def bench_fool(model, labels, classifier, photos, target, eps, *, robust=False, 
     """Attack every photo; judge the 8-bit PNG (and re-shares) with the ONNX classifier."""
     from training.adversarial import fool
 
-    hits = {name: 0 for name in (RESHARES if robust else ["png"])}
+    hits = dict.fromkeys(RESHARES if robust else ["png"], 0)
     seconds, used, linfs, n = [], [], [], 0
     for path in photos:
         image = Image.open(path).convert("RGB")

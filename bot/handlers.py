@@ -24,10 +24,11 @@ import multiprocessing
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Hashable
+from typing import Any
 
 from training.images import ImageError
 from training.labels import english_list
@@ -75,13 +76,13 @@ class Upload:
     read: Callable[[], Awaitable[bytes]]
 
     @classmethod
-    def from_attachment(cls, att: Any, read: Callable[[], Awaitable[bytes]] | None = None) -> "Upload":
+    def from_attachment(cls, att: Any, read: Callable[[], Awaitable[bytes]] | None = None) -> Upload:
         """From a ``discord.Attachment`` (or anything with the same fields); ``read`` fetches
         the bytes (default: the object's own ``read``)."""
         return cls(att.filename, att.content_type, att.size, att.width, att.height, read or att.read)
 
     @classmethod
-    def from_path(cls, path: str | Path) -> "Upload":
+    def from_path(cls, path: str | Path) -> Upload:
         """From a local file (the console); the content type is guessed from the name."""
         path = Path(path)
         if not path.is_file():

@@ -69,8 +69,8 @@ def warm(model_path: str, checkpoint: str | None, torch_threads: int) -> None:
         torch_model(checkpoint)
         # Import the heavy commands' modules here too: a first import (compiling .py files,
         # holding the GIL) inside the first /fool-me would stall the event loop for ~0.5 s.
-        import training.adversarial  # noqa: F401
-        import training.explain  # noqa: F401
+        import training.adversarial
+        import training.explain
         import training.ideal  # noqa: F401
     classifier(model_path)
 

@@ -22,8 +22,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a file (``python demo/app.py``, which is how a Hugging Face Space starts its

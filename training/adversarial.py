@@ -25,8 +25,8 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ DEFAULT_ROBUST_STEPS = 150
 ROBUST_JPEG_QUALITIES = (60, 90)  # range of the differentiable JPEG views (wider than the check)
 ROBUST_CHECK_QUALITY = 85  # the re-encoding a robust photo must survive
 
-Progress = Optional[Callable[[int, int], None]]
+Progress = Callable[[int, int], None] | None
 
 
 def target_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

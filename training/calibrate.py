@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .checkpoint import (
-    CheckpointError,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,

@@ -8,11 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from benchmarks.attacks import get_args_parser, main
-
-
 import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
+from benchmarks.attacks import get_args_parser, main
 
 synthetic_photo = _root_module.synthetic_photo
 

@@ -8,7 +8,6 @@ models/catsdogs.onnx in onnxruntime, compared with the same file loaded locally.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.images import ImageError
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 from training import load_checkpoint
 from training.adversarial import (
     EPS_MAX,
@@ -22,12 +22,9 @@ from training.adversarial import (
     robust_view,
     target_margin,
 )
+from training.images import ImageError
 from training.jpeg import jpeg, quant_tables
 from training.presets import preprocess
-
-
-import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
 
 synthetic_photo = _root_module.synthetic_photo
 

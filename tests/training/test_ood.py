@@ -154,16 +154,16 @@ def test_bad_arguments_are_readable():
 
 @pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy"])
 def test_onnx_scorer_agrees_with_torch(method, tmp_path):
-    import onnxruntime as ort  # noqa: F401 (fail here, not mid-export, when it is missing)
+    import onnxruntime as ort
 
     train, labels = gaussian_pets(300, seed=0)
     val, _ = gaussian_pets(100, seed=1)
     scorer = OODScorer(fit_ood(train, labels, val, method=method, val_logits=torch.randn(100, 2))).eval()
-    f, l = gaussian_pets(5, seed=3)[0], torch.randn(5, 2)
+    f, logits = gaussian_pets(5, seed=3)[0], torch.randn(5, 2)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(scorer, (f, l), str(tmp_path / "ood.onnx"), input_names=["features", "logits"],
+        torch.onnx.export(scorer, (f, logits), str(tmp_path / "ood.onnx"), input_names=["features", "logits"],
                           output_names=["ood_score"], dynamic_shapes={"features": {0: batch}, "logits": {0: batch}},
                           dynamo=True)
     session = ort.InferenceSession(str(tmp_path / "ood.onnx"), providers=["CPUExecutionProvider"])
