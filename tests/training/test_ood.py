@@ -253,3 +253,18 @@ def test_score_reads_pretrained_features_while_the_head_reads_the_finetuned_ones
 
     with pytest.raises(ValueError, match="do not fit"):
         ScoreFeatures(tuned, {"reference_from": 1, "reference_weights": ref["reference_weights"]})
+
+
+def test_rank_auroc_equals_the_pairwise_definition_with_ties():
+    from training.ood import auroc
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n, m = (int(v) for v in torch.randint(1, 40, (2,), generator=g))
+        a = torch.randint(0, 12, (n,), generator=g).double()  # few values: many ties
+        b = torch.randint(0, 12, (m,), generator=g).double()
+        diff = b[:, None] - a[None, :]
+        pairwise = float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
+        assert auroc(a, b) == pytest.approx(pairwise, abs=1e-12)
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.0
+    assert auroc(torch.tensor([5.0]), torch.tensor([5.0])) == 0.5
