@@ -15,8 +15,18 @@ MAX_STALL_MS = 500
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 
-def test_mixed_interactions_are_acknowledged_and_answered(make_handlers):
-    handlers = make_handlers(max_heavy=2, workers=2, fool_steps=3, ideal_steps=5)
+@pytest.fixture
+def handlers(tiny_onnx, tiny_checkpoint):
+    from bot.config import Settings
+    from bot.handlers import Handlers
+
+    h = Handlers(Settings(model=tiny_onnx, checkpoint=tiny_checkpoint, max_heavy=2, workers=2, cooldown_s=0.0,
+                          classify_cooldown_s=0.0, fool_steps=3, ideal_steps=5))
+    yield h
+    h.close()
+
+
+def test_mixed_interactions_are_acknowledged_and_answered(handlers):
     photos = [(f"{label}{i}.png", photo_bytes(label, seed=100 + i)) for i in range(5) for label in ("cat", "dog")]
     report, violations = asyncio.run(run_emulated(handlers, photos, 40, rate=40.0, reply_timeout_s=60))
     print(report)  # the figures, for the record (-s)

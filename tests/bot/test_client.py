@@ -38,7 +38,7 @@ def attach(data: bytes, name: str) -> FakeAttachment:
 def test_commands_and_their_options_are_registered(bot):
     import discord
 
-    names = {c.name for c in bot.tree.get_commands()}
+    names = {c.name for c in bot.tree.get_commands(type=discord.AppCommandType.chat_input)}
     assert names == {"classify", "fool-me", "ideal", "explain", "about"}
     menus = {c.name for c in bot.tree.get_commands(type=discord.AppCommandType.message)}
     assert menus == {"Classify photo", "Fool me", "Explain"}
@@ -47,7 +47,7 @@ def test_commands_and_their_options_are_registered(bot):
     assert [c.value for c in params["target"].choices] == LABELS  # choices come from the model
     assert not params["target"].required and params["image"].required
     assert [c.value for c in bot.tree.get_command("ideal").parameters[0].choices] == LABELS
-    for command in bot.tree.get_commands():  # chat-input only by default
+    for command in bot.tree.get_commands(type=discord.AppCommandType.chat_input):
         assert 0 < len(command.description) <= 100  # Discord's limit
 
 
