@@ -1,15 +1,22 @@
-"""Load benchmark: a burst of concurrent slash commands against the real handlers.
+"""Load benchmark: N mixed interactions through the local Discord emulator's gateway.
 
-``python -m benchmarks.bot_load`` fires N ``/classify`` and M ``/fool-me`` interactions at once
-through the real command callbacks of :class:`bot.client.PetBot` (fake Discord objects from
-:mod:`tests.bot.fakes`, real models and pools) while a heartbeat task measures how late the event
-loop wakes up. Prints the figures: max event-loop stall, p50/p95 latency per command, busy
-replies, peak concurrent heavy jobs.
+``python -m benchmarks.bot_load --emulator --interactions 200 --json`` logs the real
+:class:`bot.client.PetBot` in to the emulator (``tests/discord_emulator``; a background thread
+with its own event loop), then users click at ``--rate`` per second: /classify, /fool-me,
+/explain, /ideal, /about and the "Classify photo" context menu, each from its own user. The
+bot's event loop is watched by a heartbeat task. Prints one JSON line::
+
+    {"sent", "acknowledged", "replied", "ack_ms": {"p50", "p99", "max"}, "reply_ms": {...},
+     "busy_replies", "max_loop_stall_ms", "rss_mb_start", "rss_mb_end"}
+
+"acknowledged" counts first responses within Discord's 3 s; "replied" counts interactions
+that got an answer (a polite "busy, try again" counts). Any breach of Discord's rules that the
+emulator saw is reported on stderr and makes the exit status 1.
 
 Examples::
 
-    python -m benchmarks.bot_load                                   # shipped models, generated photos
-    python -m benchmarks.bot_load --images ../data/val/cat --pool process --json
+    python -m benchmarks.bot_load --emulator --interactions 200 --json     # shipped models
+    python -m benchmarks.bot_load --emulator --interactions 1000 --rate 20 --json
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ import argparse
 import asyncio
 import io
 import json
-import mimetypes
 import random
+import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,29 +37,11 @@ from PIL import Image, ImageDraw
 
 from bot import config
 from bot.handlers import Handlers
-from tests.bot.fakes import FakeAttachment, FakeInteraction, offline_bot
 
-
-@dataclass
-class LoadReport:
-    classify: int
-    fool: int
-    answered: int
-    classify_ok: int
-    fool_ok: int
-    busy_replies: int
-    errors: int
-    heavy_cap: int
-    heavy_peak: int
-    max_stall_ms: float
-    p99_stall_ms: float
-    max_ack_ms: float
-    classify_p50_s: float
-    classify_p95_s: float
-    fool_p50_s: float
-    fool_p95_s: float
-    wall_s: float
-    pool: str
+# The mix of a busy server: mostly /classify, a few heavy commands (capped by --max-heavy).
+MIX = (("classify", 0.65), ("Classify photo", 0.10), ("about", 0.05), ("fool-me", 0.08),
+       ("explain", 0.06), ("ideal", 0.06))
+BUSY_WORDS = ("busy", "again in")
 
 
 def generated_photo(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
@@ -81,118 +70,169 @@ def load_photos(folder: Path | None, n: int) -> list[tuple[str, bytes]]:
     return [(f.name, f.read_bytes()) for f in files[:n]]
 
 
-def attachment(name: str, data: bytes) -> FakeAttachment:
-    return FakeAttachment.from_bytes(data, name, mimetypes.guess_type(name)[0])
+def rss_mb() -> float:
+    """Resident memory now (Linux /proc), else the peak so far."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _pct(values: list[float], q: float) -> float:
+def _stats(values: list[float]) -> dict[str, float | None]:
     if not values:
-        return float("nan")
-    return float(np.percentile(values, q))
+        return {"p50": None, "p99": None, "max": None}
+    ms = np.asarray(values) * 1000
+    return {"p50": round(float(np.percentile(ms, 50)), 1), "p99": round(float(np.percentile(ms, 99)), 1),
+            "max": round(float(ms.max()), 1)}
 
 
-async def run_load(handlers: Handlers, photos: list[tuple[str, bytes]], *, classify: int = 100,
-                   fool: int = 10, heartbeat_s: float = 0.01) -> LoadReport:
-    """Fire ``classify`` + ``fool`` interactions at once, each from its own user."""
-    bot = offline_bot(handlers)  # never logs in: only its command tree is used
-    classify_cb = bot.tree.get_command("classify").callback
-    fool_cb = bot.tree.get_command("fool-me").callback
-    await handlers.warm_up()
+def plan(n: int, seed: int = 0) -> list[str]:
+    """``n`` command names drawn from :data:`MIX`, reproducibly."""
+    rng = random.Random(seed)
+    names, weights = zip(*MIX)
+    return rng.choices(names, weights, k=n)
 
-    stalls: list[float] = []
-    stop = asyncio.Event()
 
-    async def heartbeat() -> None:
-        # Each wake-up should come heartbeat_s after the last; anything later is time the
-        # loop spent unable to run callbacks (a stall).
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            await asyncio.sleep(heartbeat_s)
-            stalls.append(time.perf_counter() - t0 - heartbeat_s)
+async def _click(emu, name: str, photo: tuple[str, bytes], user: int):
+    """One user's interaction, in the emulator's loop."""
+    fname, data = photo
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+    if name == "about":
+        return await emu.invoke("about", user_id=user)
+    if name == "ideal":
+        return await emu.invoke("ideal", {"label": ("cat", "dog")[user % 2]}, user_id=user)
+    att = emu.add_attachment(fname, data, "image/png", width=w, height=h)
+    if name == "Classify photo":
+        return await emu.invoke_message_menu(name, emu.posted([att]), user_id=user)
+    return await emu.invoke(name, {"image": att}, user_id=user)
 
-    jobs = []
-    for i in range(classify):
-        name, data = photos[i % len(photos)]
-        it = FakeInteraction(command="classify")
-        jobs.append(("classify", it, classify_cb(it, attachment(name, data))))
-    for i in range(fool):
-        name, data = photos[i % len(photos)]
-        it = FakeInteraction(command="fool-me")
-        jobs.append(("fool-me", it, fool_cb(it, attachment(name, data))))
 
-    beat = asyncio.create_task(heartbeat())
-    await asyncio.sleep(heartbeat_s * 3)
-    start = time.perf_counter()
-    for _, it, _ in jobs:  # the burst: every interaction "arrives" now
-        it.created_at = start
-    results = await asyncio.gather(*(coro for _, _, coro in jobs), return_exceptions=True)
-    wall = time.perf_counter() - start
-    stop.set()
-    await beat
+async def run_emulated(handlers: Handlers, photos: list[tuple[str, bytes]], n: int, *, rate: float = 20.0,
+                       reply_timeout_s: float = 180.0, heartbeat_s: float = 0.01) -> tuple[dict, list[str]]:
+    """Log the bot in to an emulator, send ``n`` interactions at ``rate`` per second, wait for
+    the answers; returns ``(report, violations)``."""
+    from bot.client import PetBot
+    from tests.discord_emulator.harness import Harness
 
-    latency: dict[str, list[float]] = {"classify": [], "fool-me": []}
-    ok = {"classify": 0, "fool-me": 0}
-    busy = errors = answered = 0
-    acks = []
-    for (kind, it, _), result in zip(jobs, results, strict=True):
-        if isinstance(result, Exception) or not it.sent:
-            errors += 1
-            continue
-        answered += 1
-        acks.append(it.acknowledged_at - it.created_at)
-        reply = it.answer
-        if reply.embed is not None:
-            ok[kind] += 1
-            latency[kind].append(reply.at - it.created_at)
-        elif "busy" in (reply.content or "") or "again in" in (reply.content or ""):
-            busy += 1
-        else:
-            errors += 1
-    return LoadReport(
-        classify=classify, fool=fool, answered=answered, classify_ok=ok["classify"], fool_ok=ok["fool-me"],
-        busy_replies=busy, errors=errors, heavy_cap=handlers.settings.max_heavy, heavy_peak=handlers.heavy.peak,
-        max_stall_ms=1000 * max(stalls, default=0.0), p99_stall_ms=1000 * _pct(stalls, 99),
-        max_ack_ms=1000 * max(acks, default=0.0),
-        classify_p50_s=_pct(latency["classify"], 50), classify_p95_s=_pct(latency["classify"], 95),
-        fool_p50_s=_pct(latency["fool-me"], 50), fool_p95_s=_pct(latency["fool-me"], 95),
-        wall_s=wall, pool=handlers.settings.pool,
-    )
+    # The emulator runs in its own thread and loop; the bot runs in this loop, which the
+    # heartbeat below watches.
+    harness = Harness(handlers, keep_files=False)
+    harness.thread.start()
+    emu = harness.emu
+    harness.run(emu.start())
+    saved = harness._saved
+    try:
+        from bot.client import use_local_discord
+
+        use_local_discord(emu.base_url)
+        bot = PetBot(handlers, replace(handlers.settings, discord_url=emu.base_url))
+        task = asyncio.ensure_future(bot.start(emu.token))
+        while not bot.is_ready():
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+
+        stalls: list[float] = []
+        stop = asyncio.Event()
+
+        async def heartbeat() -> None:
+            # Each wake-up should come heartbeat_s after the last; anything later is time the
+            # loop could not run callbacks (a stall).
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(heartbeat_s)
+                stalls.append(time.perf_counter() - t0 - heartbeat_s)
+
+        beat = asyncio.create_task(heartbeat())
+        rss_start = rss_mb()
+        sent = []
+        start = time.perf_counter()
+        for i, name in enumerate(plan(n)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            future = asyncio.run_coroutine_threadsafe(_click(emu, name, photos[i % len(photos)], 10_000 + i),
+                                                      harness.loop)
+            sent.append(await asyncio.wrap_future(future))
+        deadline = time.monotonic() + reply_timeout_s
+        while time.monotonic() < deadline and any(it.answered_at is None for it in sent):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # let the last placeholders be cleaned up
+        stop.set()
+        await beat
+        rss_end = rss_mb()
+
+        acks = [it.acked_at - it.dispatched_at for it in sent if it.acked_at is not None]
+        replies = [it.answered_at - it.dispatched_at for it in sent if it.answered_at is not None]
+        busy = sum(1 for it in sent if it.answered_at is not None and it.answer.ephemeral
+                   and any(w in (it.answer.content or "") for w in BUSY_WORDS))
+        report = {
+            "sent": len(sent),
+            "acknowledged": sum(1 for a in acks if a <= 3.0),
+            "replied": len(replies),
+            "ack_ms": _stats(acks),
+            "reply_ms": _stats(replies),
+            "busy_replies": busy,
+            "max_loop_stall_ms": round(1000 * max(stalls, default=0.0), 1),
+            "rss_mb_start": round(rss_start, 1),
+            "rss_mb_end": round(rss_end, 1),
+        }
+        await bot.close()
+        await asyncio.gather(task, return_exceptions=True)
+        return report, list(emu.violations)
+    finally:
+        harness.run(emu.stop())
+        harness.loop.call_soon_threadsafe(harness.loop.stop)
+        harness.thread.join(10)
+        import discord
+        from discord.gateway import DiscordWebSocket
+
+        discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bot_load", add_help=add_help,
-                                     description="Concurrent /classify and /fool-me against the real handlers; "
-                                                 "prints event-loop stall, latencies and busy replies.")
+                                     description="N mixed interactions through the local Discord emulator's "
+                                                 "gateway against the real bot; prints acknowledgement and reply "
+                                                 "latencies, busy replies, event-loop stall and memory.")
     config.add_model_arguments(parser)
     config.add_service_arguments(parser)
-    parser.add_argument("--classify", type=int, default=100,
-                        help="concurrent /classify interactions (default %(default)s)")
-    parser.add_argument("--fool", type=int, default=10, help="concurrent /fool-me interactions (default %(default)s)")
+    parser.add_argument("--emulator", action="store_true", default=True,
+                        help="drive the bot through the local Discord emulator (tests/discord_emulator); "
+                             "the only mode, the default")
+    parser.add_argument("--interactions", type=int, default=200, help="interactions to send (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=20.0,
+                        help="interactions per second (default %(default)s: 200 in about 10 s)")
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of photos to send (default: generated 640×480 PNGs)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     return parser
 
 
-def main(args: argparse.Namespace) -> LoadReport:
+def main(args: argparse.Namespace) -> int:
+    if args.interactions < 1 or args.rate <= 0:
+        print("error: --interactions must be at least 1 and --rate positive", file=sys.stderr)
+        return 2
     settings = config.from_args(args, token="")
-    photos = load_photos(args.images, max(args.classify, args.fool, 1))
+    photos = load_photos(args.images, min(args.interactions, 50))
     handlers = Handlers(settings)
     try:
-        report = asyncio.run(run_load(handlers, photos, classify=args.classify, fool=args.fool))
+        report, violations = asyncio.run(run_emulated(handlers, photos, args.interactions, rate=args.rate))
     finally:
         handlers.close()
     if args.json:
-        print(json.dumps(asdict(report)))
+        print(json.dumps(report))
     else:
-        for key, value in asdict(report).items():
-            print(f"{key:>16}: {value:.3f}" if isinstance(value, float) else f"{key:>16}: {value}")
-    return report
+        for key, value in report.items():
+            print(f"{key:>18}: {value}")
+    for v in violations:
+        print(f"violation: {v}", file=sys.stderr)
+    return 1 if violations else 0
 
 
 def cli() -> None:
-    main(get_args_parser().parse_args())
-    sys.exit(0)
+    sys.exit(main(get_args_parser().parse_args()))
 
 
 if __name__ == "__main__":

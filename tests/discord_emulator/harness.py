@@ -37,9 +37,10 @@ class LogRecords(logging.Handler):
 class Harness:
     """``with Harness(handlers) as h: h.run(h.emu.invoke("about"))``."""
 
-    def __init__(self, handlers, *, shards: int = 1, heartbeat_ms: int = 41250, **settings: Any):
+    def __init__(self, handlers, *, shards: int = 1, heartbeat_ms: int = 41250, keep_files: bool = True,
+                 **settings: Any):
         self.handlers = handlers
-        self.emu = Emulator(shards=shards, heartbeat_ms=heartbeat_ms)
+        self.emu = Emulator(shards=shards, heartbeat_ms=heartbeat_ms, keep_files=keep_files)
         self.settings_overrides = settings
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="discord-emulator", daemon=True)

@@ -143,8 +143,9 @@ class Emulator:
     """Discord on 127.0.0.1. ``async with Emulator() as emu: ...`` or ``await emu.start()``."""
 
     def __init__(self, *, token: str = TOKEN, shards: int = 1, heartbeat_ms: int = 41250,
-                 size_limit: int = validate.MAX_FILE_BYTES):
+                 size_limit: int = validate.MAX_FILE_BYTES, keep_files: bool = True):
         self.token = token
+        self.keep_files = keep_files  # False: record file names and sizes only (load runs)
         self.shards = shards
         self.heartbeat_ms = heartbeat_ms
         self.size_limit = size_limit
@@ -338,8 +339,9 @@ class Emulator:
     def _message(self, it: Interaction, kind: str, data: dict | None, files: dict[str, bytes],
                  ephemeral: bool, loading: bool = False) -> Message:
         data = data or {}
+        kept = dict(files) if self.keep_files else dict.fromkeys(files, b"")
         return Message(payloads.snowflake(), kind, time.monotonic(), data.get("content"), data.get("embeds") or [],
-                       dict(files), ephemeral, loading)
+                       kept, ephemeral, loading)
 
     def _message_json(self, msg: Message, it: Interaction) -> dict:
         attachments = [payloads.attachment(payloads.snowflake(), name, f"{self.base_url}/attachments/1/1/{name}",
@@ -451,7 +453,7 @@ class Emulator:
                 msg.content = body["content"]
             if "embeds" in body:
                 msg.embeds = body["embeds"] or []
-            msg.files.update(files)
+            msg.files.update(files if self.keep_files else dict.fromkeys(files, b""))
             msg.loading = False
             await self._notify()
         return json_response(self._message_json(msg, it))
