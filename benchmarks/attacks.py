@@ -220,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from training.checkpoint import load_checkpoint
-    from training.distributed import resolve_device
+    from training.cli import resolve_device
 
     torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}

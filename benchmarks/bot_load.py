@@ -29,9 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from bot import config
-from bot.client import PetBot
-from tests.bot.fakes import FakeAttachment, FakeInteraction
 from bot.handlers import Handlers
+from tests.bot.fakes import FakeAttachment, FakeInteraction, offline_bot
 
 
 @dataclass
@@ -95,7 +94,7 @@ def _pct(values: list[float], q: float) -> float:
 async def run_load(handlers: Handlers, photos: list[tuple[str, bytes]], *, classify: int = 100,
                    fool: int = 10, heartbeat_s: float = 0.01) -> LoadReport:
     """Fire ``classify`` + ``fool`` interactions at once, each from its own user."""
-    bot = PetBot(handlers, handlers.settings)  # never logs in: only its command tree is used
+    bot = offline_bot(handlers)  # never logs in: only its command tree is used
     classify_cb = bot.tree.get_command("classify").callback
     fool_cb = bot.tree.get_command("fool-me").callback
     await handlers.warm_up()

@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from training.cli import UsageError, add_device, add_model, make_parser, positive, resolve_device, run
+
 
 STAT = {"median": np.median, "min": np.min}
 
@@ -66,7 +68,7 @@ def cpu_summary() -> str:
 
 def labelled_files(root: Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
     """``root/<label>/*`` for the model's labels (folders named otherwise are ignored)."""
-    from export.convert import image_files
+    from training.images import image_files
 
     files, ys = [], []
     for y, label in enumerate(labels):
@@ -75,7 +77,7 @@ def labelled_files(root: Path, labels: list[str]) -> tuple[list[Path], np.ndarra
             files += found
             ys += [y] * len(found)
     if not files:
-        raise SystemExit(f"error: {root} has no class folders named {labels}")
+        raise UsageError(f"{root} has no class folders named {labels}")
     return files, np.array(ys)
 
 
@@ -85,19 +87,21 @@ def accuracy(clf, batch: np.ndarray, ys: np.ndarray) -> float:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description="Latency and accuracy of torch vs onnxruntime fp32 vs int8.", add_help=add_help)
+    parser = make_parser("python -m benchmarks.inference", "Latency and accuracy of torch vs onnxruntime fp32 vs int8.",
+                         add_help=add_help)
     parser.add_argument("--checkpoint", type=Path, default=Path("models/catsdogs.pt"), help="torch checkpoint (default: %(default)s)")
-    parser.add_argument("--onnx", type=Path, default=Path("models/catsdogs.onnx"), help="fp32 ONNX model (default: %(default)s)")
+    add_model(parser, aliases=("--onnx",), required=False, default=Path("models/catsdogs.onnx"),
+              help="fp32 ONNX model (default: %(default)s)")
     parser.add_argument("--int8", type=Path, default=Path("models/catsdogs-int8.onnx"), help="int8 ONNX model (default: %(default)s; skipped if missing)")
-    parser.add_argument("--data", type=Path, required=True, help="labelled photos: DIR/<label>/* (e.g. ../shared/data/catsdogs/val)")
+    parser.add_argument("--data", type=Path, required=True, help="labelled photos: DIR/<label>/* (e.g. a dataset's val/ folder)")
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and onnxruntime (default: the Classifier's default)")
-    parser.add_argument("--repeat", type=int, default=30, help="timed runs per batch-1 measurement; batch 32 uses a third (default: %(default)s)")
+    parser.add_argument("--repeat", type=positive(int), default=30, help="timed runs per batch-1 measurement; batch 32 uses a third (default: %(default)s)")
     parser.add_argument("--stat", choices=sorted(STAT), default="median",
                         help="per-measurement statistic; 'min' approximates a quiet machine when others share the CPU (default: %(default)s)")
     parser.add_argument("--spinning", action="store_true", help="let onnxruntime's idle threads busy-wait (lower latency, more CPU)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: torch on the GPU and onnxruntime's CUDA provider (IO binding)")
+    add_device(parser, what="cuda: torch on the GPU and onnxruntime's CUDA provider (IO binding)")
     parser.add_argument("--sweep-int8", action="store_true", help="also quantize --onnx with several settings and time each (needs --calibration)")
-    parser.add_argument("--calibration", type=Path, help="photos for --sweep-int8 calibration (e.g. ../shared/data/catsdogs/train)")
+    parser.add_argument("--calibration", type=Path, help="photos for --sweep-int8 calibration (e.g. a dataset's train/ folder)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     return parser
 
@@ -110,17 +114,15 @@ def main(args: argparse.Namespace) -> int:
 
     from export.runtime import CPU, CUDA, Classifier, ModelError, default_threads
 
-    for path in (args.checkpoint, args.onnx):
+    args.model = Path(args.model)
+    for path in (args.checkpoint, args.model):
         if not path.is_file():
-            print(f"error: {path} not found (export it first: python -m export --checkpoint C --out M.onnx)", file=sys.stderr)
-            return 1
+            raise UsageError(f"{path} not found (export it first: python -m export --checkpoint C --out M.onnx)")
+    args.device = resolve_device(args.device).type
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     providers = [CPU]
     if args.device == "cuda":
-        if not torch.cuda.is_available():
-            print("error: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
-            return 1
         if CUDA in __import__("onnxruntime").get_available_providers():
             providers = [CUDA, CPU]
         else:
@@ -135,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
     scorer = ood_scorer_from_checkpoint(read_checkpoint(args.checkpoint))
     net = ClassifierWithOOD(model, scorer).to(device).eval() if scorer is not None else model
     try:
-        fp32 = Classifier.load(args.onnx, providers=providers, threads=threads, spinning=args.spinning)
+        fp32 = Classifier.load(args.model, providers=providers, threads=threads, spinning=args.spinning)
         int8 = Classifier.load(args.int8, providers=[CPU], threads=threads, spinning=args.spinning) if args.int8 and args.int8.is_file() else None
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -195,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
 
     width = max(len(k) for k, _ in rows)
     print(f"# {cpu_summary()}; {threads} threads, spinning {'on' if args.spinning else 'off'}; providers {fp32.providers}; {args.stat} of runs")
-    print(f"# torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {args.onnx.name}")
+    print(f"# torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {args.model.name}")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.json:
@@ -209,7 +211,7 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
     from export.runtime import CPU, Classifier
 
     if not args.calibration:
-        raise SystemExit("error: --sweep-int8 needs --calibration DIR")
+        raise UsageError("--sweep-int8 needs --calibration DIR")
     variants = {
         "QDQ per-channel U8S8, 7 float convs (default)": QuantSettings(),
         "QDQ per-channel U8S8, all convs int8": QuantSettings(float_convs=0),
@@ -227,7 +229,7 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
         for name, settings in variants.items():
             out = Path(tmp) / "q.onnx"
             try:
-                rep = quantize_int8(args.onnx, out, args.calibration, settings=settings, min_agreement=0.0)
+                rep = quantize_int8(args.model, out, args.calibration, settings=settings, min_agreement=0.0)
             except Exception as exc:  # report and go on: the sweep is for comparing
                 rows.append((f"int8 sweep: {name}", f"failed: {exc}"))
                 continue
@@ -240,9 +242,9 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
     return rows
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -14,6 +14,8 @@ import re
 import signal
 import sys
 
+from training.cli import make_parser, run
+
 from . import config
 
 EPILOG = """\
@@ -22,6 +24,8 @@ environment:
                            never logged. Keep it in a file only you can read, e.g. a systemd
                            EnvironmentFile.
   DISCORD_GUILD_ID         same as --guild-id
+  PETLENS_DISCORD_URL      tests only: talk to a local Discord emulator at http://127.0.0.1:PORT
+                           (REST, gateway and attachment downloads); loopback addresses only
   PETLENS_*                defaults for the flags above, named after them (PETLENS_MAX_HEAVY, ...)
 
 exit status:
@@ -43,10 +47,10 @@ EXIT_REJECTED = 3  # Discord refused the token or the intents: retrying will not
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bot", add_help=add_help, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="The petlens Discord bot: /classify, /fool-me, /ideal, /explain and /about.",
+    parser = make_parser(
+        "petlens-bot", "The petlens Discord bot (also: python -m bot): /classify, /fool-me, /ideal, /explain "
+        "and /about, and the message context menus Classify photo, Fool me and Explain.",
+        add_help=add_help, epilog=EPILOG,
     )
     config.add_model_arguments(parser)
     config.add_service_arguments(parser)
@@ -68,9 +72,13 @@ def check_token(token: str) -> str | None:
 
 async def serve(settings: config.Settings) -> None:
     """Load the models, log in and serve until interrupted."""
-    from .client import PetBot
+    from .client import PetBot, use_local_discord
     from .handlers import Handlers
 
+    if settings.discord_url:
+        use_local_discord(settings.discord_url)
+        logging.getLogger(__name__).warning("PETLENS_DISCORD_URL is set: talking to the local Discord emulator at %s",
+                                            settings.discord_url)
     handlers = Handlers(settings)
     try:
         async with PetBot(handlers, settings) as bot:
@@ -124,9 +132,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-bot``). Exit statuses: 1 Discord unreachable (retry),
+    2 configuration (the operator's to fix, one ``error:`` line), 3 token or intents refused."""
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

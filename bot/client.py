@@ -1,22 +1,27 @@
-"""The Discord side: a ``discord.Client`` owning an ``app_commands.CommandTree``.
+"""The Discord side: a ``discord.AutoShardedClient`` owning an ``app_commands.CommandTree``.
 
-Each slash command is a few lines: wrap the attachment in an :class:`~bot.handlers.Upload`,
-call the handler with ``acknowledge=defer`` and send the :class:`~bot.handlers.Reply`.
-Everything else — limits, the worker pools, error messages — lives in :mod:`bot.handlers`,
-which the console runs too.
+Each slash command and message context menu is a few lines: wrap the attachment in an
+:class:`~bot.handlers.Upload` (its bytes come through :class:`~bot.download.Downloader`, from
+Discord's CDN only), call the handler with ``acknowledge=defer`` and send the
+:class:`~bot.handlers.Reply`. Everything else — limits, the worker pools, error messages —
+lives in :mod:`bot.handlers`, which the console runs too.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
+import aiohttp
 import discord
+import yarl
 from discord import app_commands
+from discord.gateway import DiscordWebSocket
 
-from .config import STRENGTHS, Settings
-from .handlers import Handlers, Reply, Upload
+from .config import LOOPBACK, STRENGTHS, Settings
+from .download import Downloader
+from .handlers import Handlers, Reply, Upload, first_image, no_image_reply
 
 log = logging.getLogger("petlens.bot")
 
@@ -27,6 +32,23 @@ SCOPES = ("bot", "applications.commands")
 
 OK_COLOUR = discord.Colour.green()
 ERROR_COLOUR = discord.Colour.orange()
+
+
+def use_local_discord(base_url: str) -> None:
+    """Test-only hook: send discord.py's REST calls and gateway connections to a local Discord
+    emulator at ``base_url`` (``http://127.0.0.1:PORT``) instead of discord.com.
+
+    It sets the two places discord.py takes Discord's address from, and nothing else:
+    ``discord.http.Route.BASE`` (every REST route, webhooks and interaction callbacks included)
+    and ``DiscordWebSocket.DEFAULT_GATEWAY`` (the gateway a client connects to unless
+    ``GET /gateway/bot`` names one, e.g. after op 9 INVALID_SESSION). ``python -m bot`` calls it
+    when ``PETLENS_DISCORD_URL`` is set; only loopback addresses are accepted.
+    """
+    url = yarl.URL(base_url)
+    if url.scheme != "http" or url.host not in LOOPBACK:
+        raise ValueError(f"a local Discord emulator runs on http://127.0.0.1:PORT, not {base_url!r}")
+    discord.http.Route.BASE = str(url.with_path("/api/v10"))
+    DiscordWebSocket.DEFAULT_GATEWAY = url.with_scheme("ws").with_path("/gateway")
 
 
 def message_kwargs(reply: Reply) -> dict:
@@ -69,8 +91,10 @@ async def run_handler(interaction: discord.Interaction,
     await send_reply(interaction, await call(acknowledge))
 
 
-def add_commands(tree: app_commands.CommandTree, handlers: Handlers) -> None:
-    """Register /classify, /fool-me, /ideal, /explain and /about on ``tree``."""
+def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
+                 upload: Callable[[Any], Upload] = Upload.from_attachment) -> None:
+    """Register /classify, /fool-me, /ideal, /explain and /about, and the message context menus
+    "Classify photo", "Fool me" and "Explain", on ``tree``; ``upload`` wraps an attachment."""
     labels = handlers.labels
 
     async def complete_label(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -91,7 +115,7 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers) -> None:
     async def classify(interaction: discord.Interaction, image: discord.Attachment) -> None:
         """Which pet is this? The network's top-3 guesses with their confidence."""
         await run_handler(interaction, lambda ack: handlers.classify(
-            Upload.from_attachment(image), user=interaction.user.id, acknowledge=ack))
+            upload(image), user=interaction.user.id, acknowledge=ack))
 
     @tree.command(name="fool-me")
     @app_commands.describe(image="a photo of your pet",
@@ -103,7 +127,7 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers) -> None:
                       target: Optional[str] = None, strength: Optional[str] = None) -> None:
         """Change your photo invisibly until the network swears it is something else."""
         await run_handler(interaction, lambda ack: handlers.fool_me(
-            Upload.from_attachment(image), target=target, strength=strength or "normal",
+            upload(image), target=target, strength=strength or "normal",
             user=interaction.user.id, acknowledge=ack))
 
     @tree.command(name="ideal")
@@ -119,43 +143,86 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers) -> None:
     async def explain(interaction: discord.Interaction, image: discord.Attachment) -> None:
         """Where did the network look? A Grad-CAM heat map over your photo."""
         await run_handler(interaction, lambda ack: handlers.explain(
-            Upload.from_attachment(image), user=interaction.user.id, acknowledge=ack))
+            upload(image), user=interaction.user.id, acknowledge=ack))
 
     @tree.command(name="about")
     async def about(interaction: discord.Interaction) -> None:
         """What this bot is, how accurate it is and how it works."""
         await send_reply(interaction, handlers.about())
 
+    # Message context menus (right-click a message > Apps): the same handlers, limits and pools
+    # as the slash commands, on the message's first image attachment.
+    def posted_image(message: discord.Message) -> Upload | None:
+        return first_image([upload(a) for a in message.attachments])
+
+    @tree.context_menu(name="Classify photo")
+    async def classify_photo(interaction: discord.Interaction, message: discord.Message) -> None:
+        if (image := posted_image(message)) is None:
+            return await send_reply(interaction, no_image_reply("Classify photo", "classify"))
+        await run_handler(interaction, lambda ack: handlers.classify(image, user=interaction.user.id, acknowledge=ack))
+
+    @tree.context_menu(name="Fool me")
+    async def fool_me_photo(interaction: discord.Interaction, message: discord.Message) -> None:
+        if (image := posted_image(message)) is None:
+            return await send_reply(interaction, no_image_reply("Fool me", "fool-me"))
+        # No options in a context menu: the other label (the runner-up), normal strength.
+        await run_handler(interaction, lambda ack: handlers.fool_me(
+            image, target=None, strength="normal", user=interaction.user.id, acknowledge=ack))
+
+    @tree.context_menu(name="Explain")
+    async def explain_photo(interaction: discord.Interaction, message: discord.Message) -> None:
+        if (image := posted_image(message)) is None:
+            return await send_reply(interaction, no_image_reply("Explain", "explain"))
+        await run_handler(interaction, lambda ack: handlers.explain(image, user=interaction.user.id, acknowledge=ack))
+
 
 class PetTree(app_commands.CommandTree):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         """Last line of defence: log it, tell the user in private, never show a traceback."""
-        name = interaction.command.name if interaction.command else "?"
-        log.error("/%s raised", name, exc_info=error)
-        text = f"⚠️ Sorry, /{name} failed on my side. Please try again in a moment."
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
+        command = interaction.command
+        name = command.name if command else "?"
+        shown = name if isinstance(command, app_commands.ContextMenu) else f"/{name}"
+        log.error("%s raised", shown, exc_info=error)
+        reply = Reply(False, f"Sorry, {shown} failed on my side. Please try again in a moment.", ephemeral=True)
+        try:  # send_reply keeps it private even after a public defer
+            await send_reply(interaction, reply)
         except discord.HTTPException:
             pass  # the interaction expired or Discord is unreachable: nothing more to do
 
 
-class PetBot(discord.Client):
-    """The bot: its handlers arrive through the constructor, commands sync in setup_hook."""
+class PetBot(discord.AutoShardedClient):
+    """The bot: its handlers arrive through the constructor, commands sync in setup_hook.
+
+    Sharded automatically: it opens as many gateway shards as ``GET /gateway/bot`` recommends
+    (one for a small bot; Discord requires sharding from 2,500 servers), or ``settings.shards``.
+    Interactions arrive on whichever shard owns their server and are answered over REST.
+    """
 
     def __init__(self, handlers: Handlers, settings: Settings):
         # This bot never joins voice: spare operators the "PyNaCl is not installed" warnings.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
-        # Slash commands need no privileged intent (not even message content).
-        super().__init__(intents=discord.Intents.default())
+        # Slash commands and context menus need no privileged intent (not even message
+        # content: a context menu's target message arrives inside the interaction).
+        super().__init__(intents=discord.Intents.default(), shard_count=settings.shards)
         self.handlers = handlers
         self.settings = settings
+        self.downloader: Downloader | None = None
         self.tree = PetTree(self)
-        add_commands(self.tree, handlers)
+        add_commands(self.tree, handlers, self.upload)
+
+    def upload(self, att: discord.Attachment) -> Upload:
+        """An attachment whose bytes come from Discord's CDN through :attr:`downloader`."""
+        async def read() -> bytes:
+            if self.downloader is None:
+                raise RuntimeError("the bot is not logged in")
+            return await self.downloader.fetch(att.url, att.size, att.filename)
+
+        return Upload.from_attachment(att, read)
 
     async def setup_hook(self) -> None:
+        s = self.settings
+        self.downloader = Downloader(aiohttp.ClientSession(), allowed=s.attachment_origins(),
+                                     timeout_s=s.download_timeout_s, max_bytes=s.limits.max_bytes)
         await self.handlers.warm_up()  # load the models in every worker before users arrive
         if not self.settings.sync:
             return
@@ -164,14 +231,20 @@ class PetBot(discord.Client):
             guild = discord.Object(id=self.settings.guild_id)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
-            log.info("synced %d commands to guild %s", len(synced), self.settings.guild_id)
+            log.info("synced %d commands to guild %s: %s", len(synced), self.settings.guild_id,
+                     ", ".join(c.name for c in synced))
         else:
             synced = await self.tree.sync()
-            log.info("synced %d global commands", len(synced))
+            log.info("synced %d global commands: %s", len(synced), ", ".join(c.name for c in synced))
+
+    async def close(self) -> None:
+        await super().close()
+        if self.downloader is not None:
+            await self.downloader.session.close()
 
     async def on_ready(self) -> None:
-        log.info("logged in as %s (id %s); labels %s", self.user, getattr(self.user, "id", "?"),
-                 self.handlers.labels)
+        log.info("logged in as %s (id %s) on %d shard(s); labels %s", self.user, getattr(self.user, "id", "?"),
+                 self.shard_count or 1, self.handlers.labels)
         if self.application_id:
             log.info("invite link: %s", discord.utils.oauth_url(self.application_id, permissions=PERMISSIONS,
                                                                  scopes=SCOPES))

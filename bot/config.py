@@ -15,6 +15,10 @@ DEFAULT_MODEL = Path("models/catsdogs.onnx")
 DEFAULT_CHECKPOINT = Path("models/catsdogs.pt")
 
 # Strength of /fool-me as an L-inf budget in 8-bit steps: 2/255 is invisible on a photo.
+# Hosts PETLENS_DISCORD_URL may name: the emulator runs on this machine, never elsewhere, so a
+# stray setting cannot send the token or fetch attachments from another host.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 STRENGTHS = {"subtle": 1 / 255, "normal": 2 / 255, "strong": 4 / 255}
 
 
@@ -44,7 +48,19 @@ class Settings:
     ideal_steps: int | None = None
     guild_id: int | None = None
     sync: bool = True
+    shards: int | None = None  # None: as many as Discord recommends (GET /gateway/bot)
+    download_timeout_s: float = 20.0  # an attachment must arrive from the CDN within this
+    # Test-only: a local Discord emulator's origin (http://127.0.0.1:PORT) from
+    # $PETLENS_DISCORD_URL; the API, the gateway and attachment downloads then go there.
+    discord_url: str | None = None
     token: str = field(default="", repr=False)
+
+    def attachment_origins(self) -> tuple[tuple[str, str, int], ...]:
+        """Where attachments may be downloaded from: Discord's CDN (and the emulator in tests)."""
+        from .download import DISCORD_CDN, origin
+
+        local = origin(self.discord_url) if self.discord_url else None
+        return DISCORD_CDN + ((local,) if local else ())
 
 
 def _env(name: str, default: object) -> str | None:
@@ -72,6 +88,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attack steps for /fool-me (env PETLENS_FOOL_STEPS; default: the attack's own)")
     g.add_argument("--ideal-steps", type=int, default=_env("PETLENS_IDEAL_STEPS", None),
                    help="optimization steps for /ideal (env PETLENS_IDEAL_STEPS; default: ideal_image's own)")
+    g.add_argument("--download-timeout", type=float,
+                   default=_env("PETLENS_DOWNLOAD_TIMEOUT", Settings.download_timeout_s),
+                   help="seconds an attachment may take to download from Discord's CDN "
+                        "(env PETLENS_DOWNLOAD_TIMEOUT; default %(default)s)")
 
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +115,9 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
                    default=_env("PETLENS_CLASSIFY_COOLDOWN", Settings.classify_cooldown_s),
                    help="seconds a user waits between /classify calls "
                         "(env PETLENS_CLASSIFY_COOLDOWN; default %(default)s)")
+    g.add_argument("--shards", type=int, default=_env("PETLENS_SHARDS", None),
+                   help="gateway shards to open (env PETLENS_SHARDS; default: as many as Discord "
+                        "recommends, one per 1,000 servers or so; it requires sharding from 2,500)")
     g.add_argument("--pool", choices=("thread", "process"), default=_env("PETLENS_POOL", Settings.pool),
                    help="run the compute in threads (shared models, torch and onnxruntime release the GIL) "
                         "or in processes (env PETLENS_POOL; default %(default)s)")
@@ -120,6 +143,9 @@ def from_args(args: argparse.Namespace, token: str | None = None) -> Settings:
         ideal_steps=args.ideal_steps,
         guild_id=getattr(args, "guild_id", None),
         sync=getattr(args, "sync", True),
+        shards=getattr(args, "shards", None),
+        download_timeout_s=float(getattr(args, "download_timeout", Settings.download_timeout_s)),
+        discord_url=os.environ.get("PETLENS_DISCORD_URL") or None,
         token=(os.environ.get("DISCORD_TOKEN", "") if token is None else token).strip(),
     )
     validate(settings)
@@ -139,5 +165,16 @@ def validate(s: Settings) -> None:
     for flag, value in (("--fool-steps", s.fool_steps), ("--ideal-steps", s.ideal_steps)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if s.shards is not None and s.shards < 1:
+        raise ValueError(f"--shards must be at least 1, got {s.shards}")
+    if s.download_timeout_s <= 0:
+        raise ValueError(f"--download-timeout must be positive, got {s.download_timeout_s}")
+    if s.discord_url is not None:
+        from .download import origin
+
+        found = origin(s.discord_url)
+        if found is None or found[0] != "http" or found[1] not in LOOPBACK:
+            raise ValueError(f"PETLENS_DISCORD_URL must be http://127.0.0.1:PORT (a local Discord emulator "
+                             f"for tests), got {s.discord_url!r}; unset it to talk to Discord")
     if s.pool not in ("thread", "process"):
         raise ValueError(f"--pool must be 'thread' or 'process', got {s.pool!r}")

@@ -14,7 +14,12 @@ Examples::
     python -m bot.console fool-me --image photo.jpg --target cat --out results/
     python -m bot.console ideal --label dog --out results/
     python -m bot.console explain --image photo.jpg
+    python -m bot.console fool-me --message-json message.json   # as the "Fool me" context menu
     python -m bot.console about
+
+``--message-json`` takes a Discord message object (``GET /channels/{c}/messages/{m}``) and
+acts on its first image attachment, downloaded from Discord's CDN, as the message context
+menus ("Classify photo", "Fool me", "Explain") do.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import sys
 from pathlib import Path
 
 from . import config
+from training.cli import make_parser, run
+
 from .config import STRENGTHS
 
 EXIT_CONFIG = 2
@@ -38,25 +45,58 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, default=Path("."),
                         help="folder for the images a command sends back (default: the current folder)")
 
-    parser = argparse.ArgumentParser(
-        prog="python -m bot.console", add_help=add_help,
-        description="Run the bot's command handlers without Discord; prints one JSON line "
-                    '{"ok": bool, "text": str, "files": [paths written]}.',
+    parser = make_parser(
+        "petlens-bot-console", "Run the bot's command handlers without Discord (also: python -m bot.console); "
+        'prints one JSON line {"ok": bool, "text": str, "files": [paths written]}.', add_help=add_help,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("classify", parents=[common], help="top-3 labels for a photo")
-    p.add_argument("--image", type=Path, required=True, help="the photo to classify")
+    _photo_arguments(p, "the photo to classify")
     p = sub.add_parser("fool-me", parents=[common], help="make the network see TARGET in a photo")
-    p.add_argument("--image", type=Path, required=True, help="the photo to change")
+    _photo_arguments(p, "the photo to change")
     p.add_argument("--target", default=None, help="the label to make the network see (default: the runner-up)")
     p.add_argument("--strength", default="normal", choices=tuple(STRENGTHS),
                    help="how far each pixel may move: subtle 1/255, normal 2/255, strong 4/255 (default %(default)s)")
     p = sub.add_parser("ideal", parents=[common], help="the image the network finds most LABEL-like")
     p.add_argument("--label", required=True, help="which class to dream up")
     p = sub.add_parser("explain", parents=[common], help="Grad-CAM overlay for a photo")
-    p.add_argument("--image", type=Path, required=True, help="the photo to explain")
+    _photo_arguments(p, "the photo to explain")
     sub.add_parser("about", parents=[common], help="model, accuracy and how it works")
     return parser
+
+
+def _photo_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", type=Path, help=what)
+    src.add_argument("--message-json", type=Path, metavar="FILE",
+                     help="a Discord message object (JSON): use its first image attachment, as the message "
+                          "context menu does")
+
+
+MENUS = {"classify": "Classify photo", "fool-me": "Fool me", "explain": "Explain"}
+
+
+def _posted_image(handlers, args: argparse.Namespace, downloader):
+    """The first image attachment of the message in ``--message-json``, or the reply saying
+    there is none; only Discord's CDN is ever contacted (see :mod:`bot.download`)."""
+    from types import SimpleNamespace
+
+    from .handlers import Upload, first_image, no_image_reply
+    from .work import UserError
+
+    try:
+        message = json.loads(args.message_json.read_text())
+        attachments = [SimpleNamespace(filename=str(a.get("filename", "")), content_type=a.get("content_type"),
+                                       size=int(a.get("size") or 0), width=a.get("width"), height=a.get("height"),
+                                       url=str(a.get("url", ""))) for a in message.get("attachments") or []]
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"{args.message_json}: not a Discord message object ({exc})") from exc
+
+    def upload(att) -> Upload:
+        return Upload.from_attachment(att, lambda: downloader.fetch(att.url, att.size, att.filename))
+
+    image = first_image([upload(a) for a in attachments])
+    return image if image is not None else no_image_reply(MENUS[args.command], args.command)
 
 
 def _emit(ok: bool, text: str, files: list[str]) -> None:
@@ -64,13 +104,27 @@ def _emit(ok: bool, text: str, files: list[str]) -> None:
 
 
 async def _run(handlers, args: argparse.Namespace):
-    from .handlers import Upload
+    from .handlers import Reply, Upload
 
     if args.command == "about":
         return handlers.about()
     if args.command == "ideal":
         return await handlers.ideal(args.label)
-    upload = Upload.from_path(args.image)
+    if args.message_json is None:
+        return await _on(handlers, args, Upload.from_path(args.image))
+    import aiohttp
+
+    from .download import Downloader
+
+    s = handlers.settings
+    async with aiohttp.ClientSession() as session:
+        downloader = Downloader(session, allowed=s.attachment_origins(), timeout_s=s.download_timeout_s,
+                                max_bytes=s.limits.max_bytes)
+        upload = _posted_image(handlers, args, downloader)
+        return upload if isinstance(upload, Reply) else await _on(handlers, args, upload)
+
+
+async def _on(handlers, args: argparse.Namespace, upload):
     if args.command == "classify":
         return await handlers.classify(upload)
     if args.command == "fool-me":
@@ -110,9 +164,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-bot-console``): a bad photo is a reply (``ok: false``,
+    exit 0), a configuration mistake one ``error:`` line and exit 2."""
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Hashable
 
 from training.images import ImageError
+from training.labels import english_list
 
 from . import work
 from .config import DEFAULT_CHECKPOINT, STRENGTHS, Limits, Settings
@@ -74,9 +75,10 @@ class Upload:
     read: Callable[[], Awaitable[bytes]]
 
     @classmethod
-    def from_attachment(cls, att: Any) -> "Upload":
-        """From a ``discord.Attachment`` (or anything with the same fields)."""
-        return cls(att.filename, att.content_type, att.size, att.width, att.height, att.read)
+    def from_attachment(cls, att: Any, read: Callable[[], Awaitable[bytes]] | None = None) -> "Upload":
+        """From a ``discord.Attachment`` (or anything with the same fields); ``read`` fetches
+        the bytes (default: the object's own ``read``)."""
+        return cls(att.filename, att.content_type, att.size, att.width, att.height, read or att.read)
 
     @classmethod
     def from_path(cls, path: str | Path) -> "Upload":
@@ -89,6 +91,30 @@ class Upload:
             return path.read_bytes()
 
         return cls(path.name, mimetypes.guess_type(path.name)[0], path.stat().st_size, None, None, read)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif")
+
+
+def is_image(upload: Upload) -> bool:
+    """Whether an attachment is an image, by Discord's content type or, lacking one, its name."""
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if ctype:
+        return ctype.startswith("image/") and ctype != "image/svg+xml"
+    return Path(upload.filename or "").suffix.lower() in IMAGE_SUFFIXES
+
+
+def first_image(uploads: list[Upload]) -> Upload | None:
+    """The first image among a message's attachments (links and embeds are never used)."""
+    return next((u for u in uploads if is_image(u)), None)
+
+
+def no_image_reply(menu: str, slash: str) -> Reply:
+    """The private answer to a context menu used on a message without an image attachment."""
+    return Reply(False, f"That message has no image attached, so {menu} has nothing to work on. "
+                        f"Right-click (or long-press) a message with a photo attached and pick Apps > {menu}, "
+                        f"or use /{slash} and upload the photo. Links and embedded images are not used.",
+                 ephemeral=True)
 
 
 def _mb(n: int) -> str:
@@ -217,6 +243,8 @@ class Handlers:
     async def _download(self, upload: Upload) -> bytes:
         try:
             return await upload.read()
+        except work.UserError:  # already a message for the user (deleted, too slow, too big, ...)
+            raise
         except Exception as exc:  # expired attachment URL, network hiccup, ...
             log.warning("download of %r failed: %r", upload.filename, exc)
             raise work.UserError(f"I could not download {upload.filename or 'your file'} from Discord; "
@@ -381,7 +409,7 @@ def _names(labels: list[str]) -> str:
     """"cat and dog", "cat, dog and rabbit", or "37 labels" when there are many."""
     if len(labels) > 6:
         return f"{len(labels)} labels"
-    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f" and {labels[-1]}"
+    return english_list(labels, "and")
 
 
 def _accuracy(meta: dict, metrics: dict) -> str | None:

@@ -558,7 +558,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if __name__ == "__main__":
-    from demo.__main__ import cli
+if __name__ == "__main__":  # `python demo/app.py` (a Space's app_file) = `python -m demo`
+    import runpy
 
-    cli()
+    runpy.run_module("demo", run_name="__main__", alter_sys=True)

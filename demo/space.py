@@ -21,6 +21,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from training.cli import make_parser, run
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("training", "export", "demo")
 EXTRAS = ("demo",)  # pyproject extras the demo needs on top of the base dependencies
@@ -102,7 +104,7 @@ def write_space(out: str | Path, *, model: str | Path | None = None, checkpoint:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write the demo as a Hugging Face Space folder.", add_help=add_help)
+    parser = make_parser("python -m demo.space", "Write the demo as a Hugging Face Space folder.", add_help=add_help)
     parser.add_argument("out", type=Path, help="folder to create (must be empty or missing)")
     parser.add_argument("--model", type=Path, default=None, help="ONNX model to ship (default: models/catsdogs.onnx)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="torch checkpoint to ship (default: models/catsdogs.pt)")
@@ -112,18 +114,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        out = write_space(args.out, model=args.model, checkpoint=args.checkpoint, gpu=args.gpu)
-    except (FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = write_space(args.out, model=args.model, checkpoint=args.checkpoint, gpu=args.gpu)
     print(f"wrote the Space to {out}; upload it with: hf upload USER/SPACE {out} --repo-type=space")
     return 0
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

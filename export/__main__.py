@@ -3,9 +3,9 @@
 Examples::
 
     python -m export --checkpoint models/catsdogs.pt --out models/catsdogs.onnx \\
-        --verify ../shared/data/catsdogs/val
+        --verify PHOTOS/val
     python -m export --checkpoint models/catsdogs.pt --out models/catsdogs.onnx \\
-        --int8 --calibration ../shared/data/catsdogs/train       # also models/catsdogs-int8.onnx
+        --int8 --calibration PHOTOS/train       # also models/catsdogs-int8.onnx
     python -m export --checkpoint models/catsdogs.pt --triton-repo triton   # triton/catsdogs/...
 """
 
@@ -16,20 +16,26 @@ import sys
 import tempfile
 from pathlib import Path
 
+from training.cli import UsageError, add_model, make_parser, positive, run
+
+from .convert import OPSET, ExportError, export_onnx
+from .quantize import describe, quantize_int8
+from .triton import write_triton_repo
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m export",
-        description="Export a petlens checkpoint to ONNX, check it against torch, optionally quantize it "
+    parser = make_parser(
+        "petlens-export",
+        "Export a petlens checkpoint to ONNX, check it against torch, optionally quantize it "
         "to int8 and lay it out as a Triton model repository.",
         add_help=add_help,
     )
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint from `python -m training` (.pt)")
+    add_model(parser, aliases=("--checkpoint",), help="checkpoint from `python -m training` (.pt)")
     parser.add_argument("--out", type=Path, help="ONNX file to write (e.g. models/catsdogs.onnx); optional with --triton-repo")
     parser.add_argument("--verify", type=Path, metavar="DIR",
                         help="folder of real photos to check torch/onnxruntime parity on (default: --calibration, "
                         "else generated images)")
-    parser.add_argument("--n-verify", type=int, default=32, help="photos used for the parity check (default: %(default)s)")
+    parser.add_argument("--n-verify", type=positive(int), default=32, help="photos used for the parity check (default: %(default)s)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="max allowed probability difference torch vs onnxruntime (default: 1e-4; 5e-2 with --fp16)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 20)")
@@ -40,64 +46,56 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--int8-out", type=Path, help="int8 file to write (default: <out stem>-int8.onnx next to --out)")
     parser.add_argument("--triton-repo", type=Path, metavar="DIR", help="also write a Triton model repository: DIR/<name>/config.pbtxt, DIR/<name>/1/model.onnx")
     parser.add_argument("--triton-name", help="model name in the Triton repository (default: stem of --out or of the checkpoint)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=positive(int), default=32, help="Triton max_batch_size (default: %(default)s)")
     parser.add_argument("--triton-kind", choices=["auto", "gpu", "cpu"], default="auto", help="Triton instance kind (default: %(default)s)")
     return parser
 
 
-def _check_args(args: argparse.Namespace) -> str | None:
+def _check_args(args: argparse.Namespace) -> None:
     if not args.out and not args.triton_repo:
-        return "nothing to write: give --out M.onnx and/or --triton-repo DIR"
+        raise UsageError("nothing to write: give --out M.onnx and/or --triton-repo DIR")
     if args.int8 and not args.calibration:
-        return "--int8 needs --calibration DIR (a folder of real photos, e.g. your training images)"
+        raise UsageError("--int8 needs --calibration DIR (a folder of real photos, e.g. your training images)")
     if args.int8 and not args.out:
-        return "--int8 needs --out M.onnx (the int8 file goes next to it)"
+        raise UsageError("--int8 needs --out M.onnx (the int8 file goes next to it)")
     if args.int8 and args.fp16:
-        return "--int8 quantizes the float32 model; run it without --fp16 (export the fp16 model separately)"
+        raise UsageError("--int8 quantizes the float32 model; run it without --fp16 (export the fp16 model separately)")
     if args.calibration and not args.calibration.is_dir():
-        return f"calibration folder not found: {args.calibration}"
+        raise UsageError(f"calibration folder not found: {args.calibration}")
     if args.verify and not args.verify.exists():
-        return f"verification folder not found: {args.verify}"
+        raise UsageError(f"verification folder not found: {args.verify}")
     if args.out and args.out.suffix != ".onnx":
-        return f"--out should end in .onnx, got {args.out}"
-    return None
+        raise UsageError(f"--out should end in .onnx, got {args.out}")
 
 
 def main(args: argparse.Namespace) -> int:
-    from .convert import OPSET, ExportError, export_onnx
-    from .quantize import describe, quantize_int8
-    from .triton import write_triton_repo
-
-    problem = _check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    _check_args(args)
+    model = Path(args.model)
     verify = args.verify or args.calibration
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = args.out or Path(tmp) / f"{args.triton_name or args.checkpoint.stem}.onnx"
-            report = export_onnx(args.checkpoint, out, verify_images=verify, n_verify=args.n_verify,
-                                 tolerance=args.tolerance, opset=args.opset or OPSET, fp16=args.fp16)
-            source = "real photos" if report.real_images else "generated images (pass --verify DIR for real photos)"
-            print(f"wrote {out if args.out else 'ONNX model'} ({report.metadata['arch']}, {report.metadata['precision']}, "
-                  f"labels {report.metadata['labels']}); torch vs onnxruntime max prob diff {report.max_abs_diff:.1e} "
-                  f"<= {report.tolerance:.0e} on {report.n_images} {source}; {report.seconds:.0f}s")
-            if args.int8:
-                int8_out = args.int8_out or out.with_name(f"{out.stem}-int8.onnx")
-                print(describe(quantize_int8(out, int8_out, args.calibration)))
-            if args.triton_repo:
-                folder = write_triton_repo(out, args.triton_repo, name=args.triton_name or out.stem,
-                                           max_batch_size=args.max_batch_size, kind=args.triton_kind)
-                print(f"wrote Triton model repository {folder} (serve with: tritonserver --model-repository={args.triton_repo})")
-    except (ExportError, ValueError, OSError) as exc:  # CheckpointError, ModelError, ImageError are ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp) / f"{args.triton_name or model.stem}.onnx"
+        report = export_onnx(model, out, verify_images=verify, n_verify=args.n_verify,
+                             tolerance=args.tolerance, opset=args.opset or OPSET, fp16=args.fp16)
+        source = "real photos" if report.real_images else "generated images (pass --verify DIR for real photos)"
+        print(f"wrote {out if args.out else 'ONNX model'} ({report.metadata['arch']}, {report.metadata['precision']}, "
+              f"labels {report.metadata['labels']}); torch vs onnxruntime max prob diff {report.max_abs_diff:.1e} "
+              f"<= {report.tolerance:.0e} on {report.n_images} {source}; {report.seconds:.0f}s")
+        if args.int8:
+            int8_out = args.int8_out or out.with_name(f"{out.stem}-int8.onnx")
+            print(describe(quantize_int8(out, int8_out, args.calibration)))
+        if args.triton_repo:
+            folder = write_triton_repo(out, args.triton_repo, name=args.triton_name or out.stem,
+                                       max_batch_size=args.max_batch_size, kind=args.triton_kind)
+            print(f"wrote Triton model repository {folder} (serve with: tritonserver --model-repository={args.triton_repo})")
     return 0
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-export``): a user's mistake (bad flags, an unusable
+    checkpoint or photo folder) is one line on stderr and exit 2; an export that fails its
+    parity check is one line and exit 1."""
+    return run(get_args_parser(), main, argv, failures=(ExportError,))
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

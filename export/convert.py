@@ -33,9 +33,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from training.presets import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
-
-from training.images import ImageError
+from training.images import ImageError, image_files
+from training.presets import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, resize_size_for
 
 # Opset 20 is what torch's exporter emits natively today and what onnxruntime >= 1.17
 # (and so Triton's onnxruntime backend of 2024 onwards) runs; newer opsets buy nothing
@@ -49,7 +48,6 @@ FP32_TOLERANCE = 1e-4  # max |p_torch - p_onnx| over all classes and images
 # near 50%: on 180 real photos the shipped MobileNetV2's fp16 export differs from fp32 by up to
 # 3.9e-2 in probability (torch's own model.half(): 3.5e-2), with no top-1 changes.
 FP16_TOLERANCE = 5e-2
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 class ExportError(RuntimeError):
@@ -67,21 +65,6 @@ class ExportReport:
     tolerance: float
     seconds: float
     metadata: dict[str, str]
-
-
-def image_files(root: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Image files under ``root`` (recursively, sorted; spread over subfolders when limited)."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise ExportError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if limit is not None and len(files) > limit:
-        # Evenly spaced picks, so a class-folder tree contributes every class.
-        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
-        files = [files[i] for i in idx]
-    return files
 
 
 def generated_images(n: int = 8, seed: int = 0) -> list[Image.Image]:
@@ -162,7 +145,7 @@ def _metadata(ckpt: dict[str, Any], checkpoint: Path, fp16: bool, ood: bool) -> 
         "arch": str(cfg["arch"]),
         "num_classes": str(cfg["num_classes"]),
         "image_size": str(cfg.get("image_size", CROP_SIZE)),
-        "resize_size": str(round(cfg.get("image_size", CROP_SIZE) * RESIZE_SIZE / CROP_SIZE)),
+        "resize_size": str(resize_size_for(cfg.get("image_size", CROP_SIZE))),
         "input": "RGB float32 [N,3,S,S] in [0,1]; resize shorter side to resize_size (bilinear, "
         "antialiased), center-crop image_size; ImageNet mean/std are applied inside the graph",
         "mean": json.dumps(IMAGENET_MEAN),
@@ -289,7 +272,7 @@ def export_onnx(
     if verify_images is None:
         images, real = generated_images(), False
     elif isinstance(verify_images, (str, os.PathLike)):
-        images, real = image_files(verify_images, n_verify), True
+        images, real = image_files(verify_images, limit=n_verify), True
         if not images:
             raise ExportError(f"no images found in {verify_images} to verify the export on")
     else:

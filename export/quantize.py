@@ -34,7 +34,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .convert import ExportError, image_files
+from training.cli import add_model, make_parser, positive, run
+from training.images import image_files
+
+from .convert import ExportError
 from training.images import ImageError
 from .runtime import Classifier
 
@@ -234,11 +237,12 @@ def quantize_int8(
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Static int8 quantization of an exported petlens ONNX model.", add_help=add_help)
-    parser.add_argument("--model", required=True, type=Path, help="float ONNX model from `python -m export`")
+    parser = make_parser("python -m export.quantize", "Static int8 quantization of an exported petlens ONNX model.",
+                         add_help=add_help)
+    add_model(parser, help="float ONNX model from `python -m export`")
     parser.add_argument("--calibration", required=True, type=Path, help="folder of real photos (searched recursively)")
     parser.add_argument("--out", required=True, type=Path, help="where to write the int8 model")
-    parser.add_argument("--n-calibration", type=int, default=N_CALIBRATION, help="photos used for calibration (default: %(default)s)")
+    parser.add_argument("--n-calibration", type=positive(int), default=N_CALIBRATION, help="photos used for calibration (default: %(default)s)")
     parser.add_argument("--format", choices=["qdq", "qoperator"], default="qdq", help="quantized graph format (default: %(default)s)")
     parser.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per channel (hurts MobileNets)")
     parser.add_argument("--reduce-range", action="store_true", help="7-bit weights: avoids U8S8 saturation on AVX2 CPUs without VNNI")
@@ -269,18 +273,17 @@ def describe(report: QuantReport) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        report = quantize_int8(args.model, args.out, args.calibration, n_calibration=args.n_calibration, settings=settings_from_args(args))
-    except (ExportError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    report = quantize_int8(args.model, args.out, args.calibration, n_calibration=args.n_calibration,
+                           settings=settings_from_args(args))
     print(describe(report))
     return 0
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m export.quantize``: a user's mistake is one line on stderr and exit 2; a
+    quantized model that disagrees with the float one is one line and exit 1."""
+    return run(get_args_parser(), main, argv, failures=(ExportError,))
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from training.images import ImageError, ImageSource, load_image
-from training.presets import CROP_SIZE, RESIZE_SIZE, preprocess
+from training.presets import CROP_SIZE, preprocess, resize_size_for
 
 from .backend import Backend, ModelError
 from .onnx_backend import CPU, CUDA, TENSORRT, OnnxBackend, cuda_device_count, default_providers, default_threads, session_options
@@ -65,7 +65,7 @@ class Classifier:
         self.output = "probabilities" if "probabilities" in outputs else outputs[0]
         self._apply_softmax = self.output != "probabilities"
         self.image_size = int(self.metadata.get("image_size") or backend.input_shape[-1] or CROP_SIZE)
-        self.resize_size = int(self.metadata.get("resize_size") or round(self.image_size * RESIZE_SIZE / CROP_SIZE))
+        self.resize_size = int(self.metadata.get("resize_size") or resize_size_for(self.image_size))
         self.ood_threshold = _ood_threshold(self.metadata) if "ood_score" in outputs else None
 
     @classmethod

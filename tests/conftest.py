@@ -176,3 +176,18 @@ def shifted_photo(kind: str, seed: int, size: tuple[int, int] = (160, 128)) -> I
     corners = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(3)]
     ImageDraw.Draw(img).polygon(corners, fill=(int(rng.integers(0, 80)), int(rng.integers(180, 256)), int(rng.integers(0, 80))))
     return img
+
+
+def run_tool(entry, argv, capsys) -> tuple[int, str, str]:
+    """Call a console-script entry (``training.fool.cli``, ...) as a user would:
+    (exit status, stdout, stderr). Holds every tool to the one convention: a user's mistake
+    (status 2) is one ``error: ...`` line on stderr and never a traceback."""
+    try:
+        code = entry([str(a) for a in argv]) or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    if code == 2:
+        assert "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith(("error: ", "usage: ")) or ": error: " in err, err
+    return code, out, err

@@ -22,34 +22,19 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .cli import USER_ERRORS, add_device, fraction, make_parser, positive, run
 from .checkpoint import save_checkpoint
 from .data import Sample, Splits, check_classes, check_images, find_dataset, DatasetError
 from .distributed import DistInfo
 from .engine import Precision
-from .fit import DEFAULTS, FitResult, fit_finetune, fit_head
+from .fit import DEFAULTS, FitResult, TrainConfig, fit
 from .model import ARCHS, build_model
 from .presets import CROP_SIZE
 
 
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training", description="Fine-tune an ImageNet CNN on pet photos.",
-                                add_help=add_help)
+    p = make_parser("petlens-train", "Fine-tune an ImageNet CNN on pet photos (also: python -m training).",
+                    add_help=add_help)
     p.add_argument("--data", required=True, type=Path, metavar="DIR",
                    help="photo folder: DIR/train/<class>/ (+ DIR/val/<class>/), DIR/<class>/, "
                         "a PetImages folder (Cat/, Dog/) or an Oxford-IIIT Pet folder (images/)")
@@ -61,20 +46,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--mode", default="head", choices=("head", "finetune"),
                    help="head: frozen backbone, cached features, linear head (fast on CPU); "
                         "finetune: late blocks + head on augmented images")
-    p.add_argument("--epochs", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--epochs", type=positive(int), default=None, metavar="N",
                    help=f"epochs (default: {DEFAULTS['head'][0]} head, {DEFAULTS['finetune'][0]} finetune)")
-    p.add_argument("--batch-size", type=_positive(int), default=32, metavar="B", help="images per batch and per process")
-    p.add_argument("--lr", type=_positive(float), default=None, metavar="LR",
+    p.add_argument("--batch-size", type=positive(int), default=32, metavar="B", help="images per batch and per process")
+    p.add_argument("--lr", type=positive(float), default=None, metavar="LR",
                    help=f"head learning rate; the backbone gets a tenth (default {DEFAULTS['head'][1]:g})")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = CUDA when available (under torchrun: the GPU of LOCAL_RANK)")
+    add_device(p, what="torch device (under torchrun, auto and cuda take the GPU of LOCAL_RANK)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for the split, initialisation and data order")
     # Knobs beyond the core contract, with defaults that suit most runs.
     p.add_argument("--unfreeze", default="late", choices=("late", "all"),
                    help="finetune: train the backbone's late blocks only, or all of it")
-    p.add_argument("--label-smoothing", type=_fraction, default=0.1, metavar="F",
+    p.add_argument("--label-smoothing", type=fraction, default=0.1, metavar="F",
                    help="cross-entropy label smoothing, in [0, 1)")
-    p.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
+    p.add_argument("--val-fraction", type=fraction, default=0.2, metavar="F",
                    help="held-out fraction per class when the data has no val/ split")
     p.add_argument("--workers", type=int, default=None, metavar="W",
                    help="image-decoding worker processes per training process "
@@ -85,21 +69,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _check_images(splits: Splits, args, info: DistInfo) -> Splits:
+def _check_images(splits: Splits, data: Path, workers: int, info: DistInfo) -> Splits:
     """Drop unreadable files (each rank checks its shard), counting them, then re-check
     that every class still has images."""
     everything: list[Sample] = splits.train + splits.val
     shard = distributed.ShardSampler(len(everything), info.rank, info.world_size).indices
-    _, bad = check_images([everything[i] for i in shard], workers=args.workers, progress=info.is_main)
+    _, bad = check_images([everything[i] for i in shard], workers=workers, progress=info.is_main)
     bad = [b for part in distributed.all_gather_objects(bad) for b in part]
     if bad:
         unreadable = {path for path, _ in bad}
         splits.train = [s for s in splits.train if s[0] not in unreadable]
         splits.val = [s for s in splits.val if s[0] not in unreadable]
         splits.skipped = bad
-    check_classes(splits.labels, splits.train, f"{args.data} (training set, after skipping unreadable files)")
+    check_classes(splits.labels, splits.train, f"{data} (training set, after skipping unreadable files)")
     if not splits.val:
-        raise DatasetError(f"no validation images in {args.data}; add a val/ folder or more photos per class")
+        raise DatasetError(f"no validation images in {data}; add a val/ folder or more photos per class")
     return splits
 
 
@@ -126,16 +110,19 @@ def main(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace, info: DistInfo) -> dict:
     start = time.perf_counter()
-    epochs, lr = DEFAULTS[args.mode]
-    args.epochs, args.lr = args.epochs or epochs, args.lr or lr
-    if args.workers is None:  # torchrun starts LOCAL_WORLD_SIZE processes on this machine
+    workers = args.workers
+    if workers is None:  # torchrun starts LOCAL_WORLD_SIZE processes on this machine
         # Decoding + augmentation is what limits a GPU run: on an H100 with 16 cores, 8 workers
         # fed 635 img/s and 16 fed 1154, against ~1400 img/s the training step can take.
-        args.workers = min(16, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = min(16, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cfg = TrainConfig.for_mode(args.mode, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                               label_smoothing=args.label_smoothing, unfreeze=args.unfreeze, workers=workers,
+                               seed=args.seed, compile=args.compile)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    splits = _check_images(find_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed), args, info)
+    splits = _check_images(find_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed), args.data,
+                           workers, info)
     if info.is_main:
         print(_summary(splits), flush=True)
     model = build_model(args.arch, len(splits.labels), weights=args.weights)
@@ -145,22 +132,21 @@ def _train(args: argparse.Namespace, info: DistInfo) -> dict:
     model.to(info.device, memory_format=torch.channels_last)
     precision = Precision.choose(info.device, args.amp)
     if info.is_main:
-        print(f"model: {args.arch} ({args.weights}), mode {args.mode}, {args.epochs} epochs, lr {args.lr:g}, "
+        print(f"model: {args.arch} ({args.weights}), mode {cfg.mode}, {cfg.epochs} epochs, lr {cfg.lr:g}, "
               f"{info.world_size} x {info.device}, {precision.name}", flush=True)
 
-    fit = fit_head if args.mode == "head" else fit_finetune
-    result = fit(model, splits.train, splits.val, args, info, precision)
+    result = fit(model, splits.train, splits.val, cfg, info, precision)
     seconds = time.perf_counter() - start
-    metrics = _metrics(args, info, splits, result, seconds, precision)
+    metrics = _metrics(args, cfg, info, splits, result, seconds, precision)
     if info.is_main:
-        _write_outputs(args.out, model, splits, result, metrics, args, pretrained)
+        _write_outputs(args.out, model, splits, result, metrics, cfg, pretrained)
         print(f"best epoch {result.best_epoch}: val accuracy {metrics['val_accuracy']:.2%} "
               f"({metrics['n_val']} images); {seconds:.0f}s in all -> {args.out / 'model.pt'}", flush=True)
     distributed.barrier()  # no rank exits before the checkpoint is on disk
     return metrics
 
 
-def _metrics(args, info: DistInfo, splits: Splits, result: FitResult, seconds: float, precision: Precision) -> dict:
+def _metrics(args: argparse.Namespace, cfg: TrainConfig, info: DistInfo, splits: Splits, result: FitResult, seconds: float, precision: Precision) -> dict:
     val = result.best_val
     cm = val["confusion"]
     per_class = {lab: round(cm[i, i].item() / max(1, cm[i].sum().item()), 5) for i, lab in enumerate(splits.labels)}
@@ -175,13 +161,13 @@ def _metrics(args, info: DistInfo, splits: Splits, result: FitResult, seconds: f
         "best_epoch": result.best_epoch,
         "arch": args.arch,
         "weights": str(args.weights) if args.weights in ("imagenet", "none") else Path(args.weights).name,
-        "mode": args.mode,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "label_smoothing": args.label_smoothing,
-        "unfreeze": args.unfreeze if args.mode == "finetune" else "none",
-        "seed": args.seed,
+        "mode": cfg.mode,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "label_smoothing": cfg.label_smoothing,
+        "unfreeze": cfg.unfreeze if cfg.mode == "finetune" else "none",
+        "seed": cfg.seed,
         "data": {"layout": splits.layout, "val_source": splits.val_source, "n_train": len(splits.train),
                  "n_val": len(splits.val), "skipped": len(splits.skipped),
                  "skipped_examples": [f"{Path(p).name}: {why}" for p, why in splits.skipped[:5]]},
@@ -194,7 +180,7 @@ def _metrics(args, info: DistInfo, splits: Splits, result: FitResult, seconds: f
     }
 
 
-def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics: dict, args,
+def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics: dict, cfg: TrainConfig,
                    pretrained: dict[str, torch.Tensor] | None) -> None:
     from .calibrate import fit_model_ood
     from .ood import ood_summary
@@ -206,7 +192,7 @@ def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics:
     model.to(memory_format=torch.contiguous_format)
     # "Is it a pet?" statistics of the best model (eval-preset features; rank 0 alone, no
     # collectives), so every checkpoint can tell a cat from a car (training/ood.py).
-    ood = fit_model_ood(model, splits.train, splits.val, batch_size=args.batch_size, workers=min(args.workers, 2),
+    ood = fit_model_ood(model, splits.train, splits.val, batch_size=cfg.batch_size, workers=min(cfg.workers, 2),
                         pretrained=pretrained)
     metrics["ood"] = ood_summary(ood)
     keep = ("val_accuracy", "val_loss", "n_val", "per_class", "confusion", "best_epoch", "mode", "epochs", "seed")
@@ -220,21 +206,11 @@ def _write_outputs(out: Path, model, splits: Splits, result: FitResult, metrics:
                    title=f"{title}\nval accuracy {metrics['val_accuracy']:.1%} (n={metrics['n_val']})")
 
 
-def cli(argv: list[str] | None = None) -> None:
-    """Console-script entry: errors a user can fix are one line on stderr, exit code 2."""
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError, PermissionError, FloatingPointError) as exc:
-        # DatasetError, WeightsError (bad --weights file) and bad flag combinations land here.
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except torch.cuda.OutOfMemoryError:
-        print(f"error: the GPU ran out of memory; lower --batch-size (now {args.batch_size})", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-train``): a user's mistake (a bad dataset or --weights
+    file, a bad flag) is one line on stderr and exit 2; a GPU out of memory says what to lower."""
+    return run(get_args_parser(), main, argv, user_errors=(*USER_ERRORS, FloatingPointError))
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

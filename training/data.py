@@ -11,8 +11,7 @@ Three layouts are recognised (see :func:`find_dataset`):
 - Oxford-IIIT Pet: ``DIR/images/<Breed_Name>_<N>.jpg``, the label taken from the file name
   (torchvision's spelling, e.g. ``American Bulldog``); the official trainval/test split is
   used when ``DIR/annotations/{trainval,test}.txt`` are there. ``DIR`` may also be the root
-  given to ``torchvision.datasets.OxfordIIITPet(root, download=True)``
-  (see :func:`download_oxford_iiit_pet`).
+  given to ``torchvision.datasets.OxfordIIITPet(root, download=True)``.
 
 Every image is decoded through :func:`training.images.load_image`, the product's one intake.
 """
@@ -29,11 +28,9 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from training.images import ImageError, load_image
-
+from .images import IMAGE_SUFFIXES, ImageError, image_files, load_image
 from .presets import RESIZE_SIZE
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 LAYOUTS_HELP = (
     "expected one of: DIR/train/<class>/ (+ optional DIR/val/<class>/), DIR/<class>/, "
     "a PetImages folder (DIR/Cat/, DIR/Dog/), or an Oxford-IIIT Pet folder (DIR/images/Breed_Name_N.jpg)"
@@ -70,14 +67,6 @@ def decode(path: str | Path) -> Image.Image:
     return load_image(path, min_side=RESIZE_SIZE)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """Image files (by extension, hidden files and e.g. ``Thumbs.db`` ignored), sorted."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
-
-
 def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -102,9 +91,9 @@ def scan_class_folders(folder: Path, labels: Sequence[str] | None = None) -> tup
         index = {d.name: lower[d.name.lower()] for d in dirs}
     samples: list[Sample] = []
     for d in dirs:
-        files = _images_in(d)
+        files = image_files(d)
         if not files:
-            raise DatasetError(f"class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            raise DatasetError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
         samples += [(str(f), index[d.name]) for f in files]
     if not samples:
         raise DatasetError(f"no class folders with images in {folder}; {LAYOUTS_HELP}")
@@ -135,7 +124,7 @@ def _oxford_label(stem: str) -> str | None:
 
 
 def _find_oxford(root: Path, val_fraction: float, seed: int) -> Splits:
-    files = [f for f in _images_in(root / "images") if f.parent == root / "images"]
+    files = image_files(root / "images", recursive=False)
     named = [(f, _oxford_label(f.stem)) for f in files]
     named = [(f, lab) for f, lab in named if lab]
     if not named:
@@ -257,11 +246,3 @@ class ImageDataset(torch.utils.data.Dataset):
         path, label = self.samples[i]
         return self.transform(decode(path)), label
 
-
-def download_oxford_iiit_pet(root: str | Path) -> Path:
-    """Download Oxford-IIIT Pet with torchvision (needs internet, ~800 MB) and return the
-    folder to pass as ``--data``."""
-    import torchvision
-
-    torchvision.datasets.OxfordIIITPet(str(root), split="trainval", download=True)
-    return Path(root) / "oxford-iiit-pet"

@@ -27,7 +27,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint, read_checkpoint
+from .cli import add_device, add_json, add_model, make_parser, positive, resolve_device, run
 from .data import DatasetError, ImageDataset, check_images, scan_class_folders
+from .images import image_files
+from .ood import ClassifierWithOOD, ood_metrics, ood_scorer_from_checkpoint
 from .presets import EvalPreset
 
 Predict = Callable[[torch.Tensor], np.ndarray]  # [N,3,H,W] in [0,1] -> probabilities [N,C]
@@ -45,9 +49,6 @@ def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predict, lis
         return (lambda x: clf.probabilities(x.numpy())), list(clf.labels)
     if path.suffix != ".pt":
         raise ValueError(f"--model must be a .pt checkpoint or an .onnx model, got {path.name}")
-    from .checkpoint import load_checkpoint
-    from .distributed import resolve_device
-
     dev = resolve_device(device)
     model, labels = load_checkpoint(path, dev)
 
@@ -75,9 +76,6 @@ def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, f
         if clf.ood_threshold is None:
             raise ValueError(hint)
         return (lambda x: clf.ood_scores(x.numpy())), clf.ood_threshold
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .distributed import resolve_device
-    from .ood import ClassifierWithOOD, ood_scorer_from_checkpoint
 
     scorer = ood_scorer_from_checkpoint(read_checkpoint(path))
     if scorer is None:
@@ -106,13 +104,10 @@ def evaluate_ood(model: str | Path, data: str | Path, ood: str | Path, labels: l
                  batch_size: int = 64, workers: int = 0) -> dict:
     """AUROC and accept rates of the model's OOD verdict: ``data``'s labelled photos (should be
     accepted) against every image under ``ood`` (should be refused)."""
-    from .data import IMAGE_EXTENSIONS
-    from .ood import ood_metrics
-
     ood = Path(ood)
     if not ood.is_dir():
         raise DatasetError(f"--ood folder not found: {ood}")
-    out_paths = sorted(p for p in ood.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    out_paths = image_files(ood)
     if not out_paths:
         raise DatasetError(f"no images under {ood}")
     score, threshold = load_ood_scorer(model, device)
@@ -172,17 +167,16 @@ def evaluate_model(
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate",
-                                description="Score a .pt or .onnx model on labelled photos.", add_help=add_help)
-    p.add_argument("--model", required=True, type=Path, metavar="M", help="a checkpoint (.pt) or an exported model (.onnx)")
+    p = make_parser("petlens-evaluate", "Score a .pt or .onnx model on labelled photos.", add_help=add_help)
+    add_model(p, help="a checkpoint (.pt) or an exported model (.onnx)")
     p.add_argument("--data", required=True, type=Path, metavar="DIR",
                    help="a folder of class folders (DIR/cat/, DIR/dog/), or a dataset root with val/")
     p.add_argument("--ood", type=Path, default=None, metavar="DIR",
                    help="photos of none of the classes (any folder structure): adds AUROC and accept rates "
                    "of the model's 'is it a pet?' verdict")
-    p.add_argument("--json", action="store_true", help="print one JSON line (accuracy, n, per_class) last")
-    p.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device for .pt models")
+    add_json(p, help="print one JSON line (accuracy, n, per_class) last")
+    p.add_argument("--batch-size", type=positive(int), default=64, metavar="B", help="images per batch")
+    add_device(p, what="torch device for .pt models")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="W", help="image-decoding processes")
     return p
 
@@ -224,13 +218,8 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Console-script entry: a user's mistake is one line on stderr and exit code 2."""
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    """Console-script entry (``petlens-evaluate``): a user's mistake is one line on stderr, exit 2."""
+    run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

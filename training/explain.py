@@ -44,7 +44,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from .presets import CROP_SIZE, RESIZE_SIZE, crop_box, preprocess
+from .checkpoint import load_checkpoint
+from .cli import add_device, add_json, add_model, make_parser, resolve_device, run
+from .images import load_image
+from .presets import CROP_SIZE, RESIZE_SIZE, crop_box, preprocess, resize_size_for
 
 STAGES = ("early", "middle", "late")
 DIM_OUTSIDE = 0.6  # share of mid-grey mixed into the parts of the photo the crop cut off
@@ -223,11 +226,9 @@ def explain(model: nn.Module, labels: Sequence[str], image: Image.Image, *, labe
     if bad:
         raise ValueError(f"unknown layer {bad[0]!r}; choose from: {', '.join(STAGES)}")
     if image.mode != "RGB":
-        from training.images import load_image  # composites transparency on white, like everywhere else
-
         image = load_image(image)
     size = getattr(model, "image_size", CROP_SIZE)
-    resize = round(size * RESIZE_SIZE / CROP_SIZE)
+    resize = resize_size_for(size)
     device = next(model.parameters()).device
     x = torch.from_numpy(preprocess(image, resize, size))[None].to(device)
     logits, index, cam, stage_outputs = _forward(model, x, layers, target)
@@ -244,24 +245,21 @@ def explain(model: nn.Module, labels: Sequence[str], image: Image.Image, *, labe
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Grad-CAM overlay and feature-map grids for one photo", add_help=add_help)
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt) written by `python -m training`")
+    parser = make_parser("petlens-explain", "Grad-CAM overlay and feature-map grids for one photo.", add_help=add_help)
+    add_model(parser, aliases=("--checkpoint",), help="model checkpoint (.pt) written by `python -m training`")
     parser.add_argument("--image", required=True, help="the photo to explain (JPEG, PNG, WebP, GIF, BMP or TIFF)")
     parser.add_argument("--out", required=True, help="folder for <image stem>-gradcam.png and <image stem>-features-<layer>.png")
     parser.add_argument("--label", default=None, help="class to explain (default: the predicted one)")
     parser.add_argument("--layer", choices=STAGES, default=None,
                         help="write the feature-map grid of this depth only (default: all three)")
-    parser.add_argument("--json", action="store_true", help="print one JSON line with label, prob, outputs and seconds")
+    add_device(parser)
+    add_json(parser, help="print one JSON line with label, prob, outputs and seconds")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     """Run the CLI; returns the JSON record. Unusable input raises ``ValueError``."""
-    from training.images import load_image
-
-    from .checkpoint import load_checkpoint
-
-    model, labels = load_checkpoint(args.checkpoint)
+    model, labels = load_checkpoint(args.model, device=resolve_device(args.device))
     resolve_label(labels, args.label)  # fail before decoding the photo
     image = load_image(args.image)
     layers = STAGES if args.layer is None else (args.layer,)
@@ -293,16 +291,10 @@ def main(args: argparse.Namespace) -> dict:
     return record
 
 
-def cli() -> None:
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (ValueError, OSError) as exc:  # ImageError, CheckpointError, unknown label, unwritable --out
-        if args.json:
-            print(json.dumps({"image": str(args.image), "error": str(exc)}))
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1)
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-explain``): a user's mistake is one line on stderr, exit 2."""
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -30,6 +29,34 @@ DEFAULTS = {  # per mode: (epochs, lr); the backbone trains at BACKBONE_LR_SCALE
 BACKBONE_LR_SCALE = 0.1
 HEAD_WARM_START_EPOCHS = 10  # finetune: linear-probe epochs on cached features first
 WEIGHT_DECAY = 1e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a fit needs to know beyond the model and the data; built once by the caller
+    (``python -m training`` from its flags), never changed while training."""
+
+    mode: str = "head"  # "head" or "finetune"
+    epochs: int = DEFAULTS["head"][0]
+    lr: float = DEFAULTS["head"][1]  # head learning rate; the backbone gets BACKBONE_LR_SCALE of it
+    batch_size: int = 32  # per process
+    label_smoothing: float = 0.1
+    unfreeze: str = "late"  # finetune: "late" blocks or "all"
+    workers: int = 0  # image-decoding processes per training process
+    seed: int = 0
+    compile: bool = False  # torch.compile the network
+
+    def __post_init__(self) -> None:
+        if self.mode not in DEFAULTS:
+            raise ValueError(f"unknown mode {self.mode!r}; choose {' or '.join(DEFAULTS)}")
+        if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError(f"epochs, lr and batch_size must be positive, got {self.epochs}, {self.lr}, {self.batch_size}")
+
+    @classmethod
+    def for_mode(cls, mode: str, *, epochs: int | None = None, lr: float | None = None, **options) -> TrainConfig:
+        """``mode``'s recipe, its default epochs and learning rate where ``None``."""
+        default_epochs, default_lr = DEFAULTS.get(mode, DEFAULTS["head"])
+        return cls(mode=mode, epochs=epochs or default_epochs, lr=lr or default_lr, **options)
 
 
 @dataclass
@@ -113,12 +140,12 @@ def _log(info: DistInfo, row: dict, best: bool) -> None:
         )
 
 
-def cache_features(model, samples: Sequence[Sample], args: Namespace, info: DistInfo, precision: Precision, desc: str):
+def cache_features(model, samples: Sequence[Sample], cfg: TrainConfig, info: DistInfo, precision: Precision, desc: str):
     """Eval-preset features of ``samples`` from the frozen backbone, on every rank."""
     model.eval()
-    embed = torch.compile(model.embed) if args.compile else model.embed
-    loader = make_loader(ImageDataset(samples, EvalPreset()), args.batch_size, info,
-                         train=False, workers=args.workers, seed=args.seed)
+    embed = torch.compile(model.embed) if cfg.compile else model.embed
+    loader = make_loader(ImageDataset(samples, EvalPreset()), cfg.batch_size, info,
+                         train=False, workers=cfg.workers, seed=cfg.seed)
     start = time.perf_counter()
     feats = extract_features(embed, loader, info.device, precision=precision, progress=info.is_main,
                              desc=desc, feature_dim=model.feature_dim)
@@ -128,18 +155,24 @@ def cache_features(model, samples: Sequence[Sample], args: Namespace, info: Dist
     return feats
 
 
-def fit_head(model, train: Sequence[Sample], val: Sequence[Sample], args: Namespace, info: DistInfo,
+def fit(model, train: Sequence[Sample], val: Sequence[Sample], cfg: TrainConfig, info: DistInfo,
+        precision: Precision) -> FitResult:
+    """Train ``model`` by ``cfg.mode``'s recipe (:func:`fit_head` or :func:`fit_finetune`)."""
+    return (fit_head if cfg.mode == "head" else fit_finetune)(model, train, val, cfg, info, precision)
+
+
+def fit_head(model, train: Sequence[Sample], val: Sequence[Sample], cfg: TrainConfig, info: DistInfo,
              precision: Precision) -> FitResult:
     """Frozen backbone: features are computed once (train images unaugmented), then only
     the linear head trains, for many cheap epochs."""
     set_trainable(model, "none")
-    xtr, ytr = cache_features(model, train, args, info, precision, "features (train)")
-    xva, yva = cache_features(model, val, args, info, precision, "features (val)")
-    return fit_linear(model, (xtr, ytr), (xva, yva), args, info, precision, args.epochs)
+    xtr, ytr = cache_features(model, train, cfg, info, precision, "features (train)")
+    xva, yva = cache_features(model, val, cfg, info, precision, "features (val)")
+    return fit_linear(model, (xtr, ytr), (xva, yva), cfg, info, precision, cfg.epochs)
 
 
 def fit_linear(model, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor] | None,
-               args: Namespace, info: DistInfo, precision: Precision, epochs: int, lr: float | None = None) -> FitResult:
+               cfg: TrainConfig, info: DistInfo, precision: Precision, epochs: int, lr: float | None = None) -> FitResult:
     """Train ``model.head`` on cached features. With ``val``, track the best epoch (its
     weights land in ``result.best_state``); without, load the last weights into ``model``.
 
@@ -154,14 +187,14 @@ def fit_linear(model, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch
     sd = sd.clamp_min(1e-3 * float(sd.max()) + 1e-30)
     xtr = (xtr - mu) / sd
     net = DDP(head, device_ids=[info.device] if info.device.type == "cuda" else None) if info.distributed else head
-    train_loader = make_loader(torch.utils.data.TensorDataset(xtr, ytr), args.batch_size, info,
-                               train=True, workers=0, seed=args.seed)
+    train_loader = make_loader(torch.utils.data.TensorDataset(xtr, ytr), cfg.batch_size, info,
+                               train=True, workers=0, seed=cfg.seed)
     if val is not None:
-        val_loader = make_loader(torch.utils.data.TensorDataset((val[0] - mu) / sd, val[1]), 4 * args.batch_size,
-                                 info, train=False, workers=0, seed=args.seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr or args.lr, weight_decay=WEIGHT_DECAY)
+        val_loader = make_loader(torch.utils.data.TensorDataset((val[0] - mu) / sd, val[1]), 4 * cfg.batch_size,
+                                 info, train=False, workers=0, seed=cfg.seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr or cfg.lr, weight_decay=WEIGHT_DECAY)
     scheduler = _cosine_with_warmup(optimizer, epochs * len(train_loader), warmup_steps=0)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = FitResult()
     threads = torch.get_num_threads()
     # Batches of a few hundred numbers: on a busy CPU, waking a thread pool for each tiny
@@ -199,7 +232,7 @@ def _fold_standardization(state: dict, linear: str, mu: torch.Tensor, sd: torch.
     state[f"{linear}.weight"] = w
 
 
-def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], args: Namespace, info: DistInfo,
+def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], cfg: TrainConfig, info: DistInfo,
                  precision: Precision) -> FitResult:
     """Linear probe, then fine-tune (LP-FT): the head first trains on cached features,
     then late backbone blocks + head train on augmented images (TrainPreset), the backbone
@@ -213,43 +246,43 @@ def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], args: Na
     """
     if HEAD_WARM_START_EPOCHS:
         set_trainable(model, "none")
-        cached = cache_features(model, train, args, info, precision, "features (head warm start)")
-        fit_linear(model, cached, None, args, info, precision, HEAD_WARM_START_EPOCHS, lr=DEFAULTS["head"][1])
-    trainable = set_trainable(model, args.unfreeze)
+        cached = cache_features(model, train, cfg, info, precision, "features (head warm start)")
+        fit_linear(model, cached, None, cfg, info, precision, HEAD_WARM_START_EPOCHS, lr=DEFAULTS["head"][1])
+    trainable = set_trainable(model, cfg.unfreeze)
     num_classes = len(model.head[-1].bias)
     net = model
     if info.distributed:
         net = DDP(model, device_ids=[info.device] if info.device.type == "cuda" else None)
-    fwd = torch.compile(net) if args.compile else net
+    fwd = torch.compile(net) if cfg.compile else net
     # Validate (and ship) an exponential moving average of the weights: it smooths out the
     # last mini-batches' noise, so the val curve and the best-epoch pick are steadier.
     # Its horizon is about one epoch; it starts from the warm-started model.
-    decay = min(0.999, max(0.9, 1.0 - 1.0 / max(1, math.ceil(len(train) / (args.batch_size * info.world_size)))))
+    decay = min(0.999, max(0.9, 1.0 - 1.0 / max(1, math.ceil(len(train) / (cfg.batch_size * info.world_size)))))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     # It is a bare model (no DDP): ranks hold val shards of unequal length, and DDP's
     # forward is a collective that would wait for the shorter rank.
-    eval_fwd = torch.compile(ema.module) if args.compile else ema.module
-    train_loader = make_loader(ImageDataset(train, TrainPreset()), args.batch_size, info,
-                               train=True, workers=args.workers, seed=args.seed, persistent=True)
-    val_loader = make_loader(ImageDataset(val, EvalPreset()), 2 * args.batch_size, info,
-                             train=False, workers=args.workers, seed=args.seed, persistent=True)
+    eval_fwd = torch.compile(ema.module) if cfg.compile else ema.module
+    train_loader = make_loader(ImageDataset(train, TrainPreset()), cfg.batch_size, info,
+                               train=True, workers=cfg.workers, seed=cfg.seed, persistent=True)
+    val_loader = make_loader(ImageDataset(val, EvalPreset()), 2 * cfg.batch_size, info,
+                             train=False, workers=cfg.workers, seed=cfg.seed, persistent=True)
     backbone = [p for b in trainable for p in b.parameters()]
     optimizer = torch.optim.AdamW(
-        [{"params": list(model.head.parameters()), "lr": args.lr},
-         {"params": backbone, "lr": args.lr * BACKBONE_LR_SCALE}],
+        [{"params": list(model.head.parameters()), "lr": cfg.lr},
+         {"params": backbone, "lr": cfg.lr * BACKBONE_LR_SCALE}],
         weight_decay=WEIGHT_DECAY,
     )
-    steps = args.epochs * len(train_loader)
+    steps = cfg.epochs * len(train_loader)
     scheduler = _cosine_with_warmup(optimizer, steps, warmup_steps=len(train_loader))
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = FitResult()
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, cfg.epochs + 1):
         _set_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_mode(model, trainable)
         stats = train_one_epoch(fwd, criterion, optimizer, train_loader, info.device, epoch,
                                 precision=precision, scheduler=scheduler, ema=ema, progress=info.is_main,
-                                desc=f"epoch {epoch}/{args.epochs}")
+                                desc=f"epoch {epoch}/{cfg.epochs}")
         val_res = evaluate(eval_fwd, criterion, val_loader, info.device, num_classes)
         row = _row(epoch, stats, val_res, lr)
         _log(info, row, result.observe(epoch, row, val_res, ema.module))

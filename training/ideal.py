@@ -23,6 +23,8 @@ from typing import Callable, Optional
 import torch
 from PIL import Image
 
+from .checkpoint import load_checkpoint
+from .cli import UsageError, add_device, add_json, add_model, make_parser, positive, resolve_device, run
 from .optvis import (
     DEFAULT_STEPS,
     Objective,
@@ -35,6 +37,7 @@ from .optvis import (
     to_pil,
     total_variation,
 )
+from .presets import CROP_SIZE, preprocess, resize_size_for
 
 DEFAULT_TV_WEIGHT = 40.0
 
@@ -61,12 +64,13 @@ def ideal_image(
     label: str,
     *,
     steps: int | None = None,
-    size: int = 224,
+    size: int | None = None,
     tv_weight: float | None = None,
     seed: int = 0,
     progress: Optional[Callable[[int, int, Callable[[], Image.Image]], None]] = None,
 ) -> Image.Image:
-    """The model's ideal ``label``: an 8-bit RGB ``size``×``size`` PIL image.
+    """The model's ideal ``label``: an 8-bit RGB ``size``×``size`` PIL image (default: the
+    size the model was trained at, ``model.image_size``).
 
     Objective: :func:`ideal_objective` (the label's feature direction and log-probability,
     minus ``tv_weight`` × total variation); Fourier parameterization;
@@ -76,6 +80,7 @@ def ideal_image(
     """
     if label not in labels:
         raise ValueError(f"unknown label {label!r}; this model knows: {', '.join(labels)}")
+    size = int(size or getattr(model, "image_size", CROP_SIZE))
     steps = DEFAULT_STEPS if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -121,57 +126,46 @@ def ideal_objective(model: torch.nn.Module, index: int, tv_weight: float = DEFAU
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.ideal",
-        description="Draw the network's ideal image of a label, optimized from noise.", add_help=add_help
-    )
-    parser.add_argument("--checkpoint", help="model checkpoint (.pt), e.g. models/catsdogs.pt")
+    parser = make_parser("petlens-ideal", "Draw the network's ideal image of a label, optimized from noise.",
+                         add_help=add_help)
+    add_model(parser, required=False, aliases=("--checkpoint",), help="model checkpoint (.pt), e.g. models/catsdogs.pt")
     parser.add_argument("--label", required=True, help="the label to draw, e.g. cat (ImageNet: e.g. zebra)")
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimization steps (default {DEFAULT_STEPS})")
-    parser.add_argument("--size", type=int, default=224, help="width and height in pixels, 32-1024 (default 224)")
+    parser.add_argument("--steps", type=positive(int), default=DEFAULT_STEPS, help=f"optimization steps (default {DEFAULT_STEPS})")
+    parser.add_argument("--size", type=int, default=None,
+                        help="width and height in pixels, 32-1024 (default: the model's input size, 224 for the shipped one)")
     parser.add_argument(
         "--tv-weight", type=float, default=None,
         help=f"total-variation penalty: higher is smoother (default {DEFAULT_TV_WEIGHT})",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed; another seed, another picture (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    add_device(parser)
     parser.add_argument(
         "--imagenet-arch", default=None,
-        help="instead of --checkpoint, a torchvision ImageNet classifier, e.g. resnet50 (labels are ImageNet classes)",
+        help="instead of --model, a torchvision ImageNet classifier, e.g. resnet50 (labels are ImageNet classes)",
     )
     parser.add_argument(
         "--imagenet-weights", default=None,
         help="offline: a full state dict for --imagenet-arch (default: torchvision's download)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON line: label, output, prob, seconds, ...")
+    add_json(parser, help="print one JSON line: label, output, prob, seconds, ...")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        if (args.checkpoint is None) == (args.imagenet_arch is None):
-            raise ValueError("give exactly one of --checkpoint or --imagenet-arch")
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
-        if args.checkpoint is not None:
-            from .checkpoint import load_checkpoint
+    if (args.model is None) == (args.imagenet_arch is None):
+        raise UsageError("give exactly one of --model or --imagenet-arch")
+    device = resolve_device(args.device)
+    if args.model is not None:
+        model, labels = load_checkpoint(args.model, device=device)
+        label = args.label
+    else:
+        from .imagenet import find_category, load_imagenet_classifier
 
-            model, labels = load_checkpoint(args.checkpoint, device=device)
-            label = args.label
-        else:
-            from .imagenet import find_category, load_imagenet_classifier
-
-            model, labels = load_imagenet_classifier(args.imagenet_arch, args.imagenet_weights, device=device)
-            label = labels[find_category(labels, args.label)]
-        image = ideal_image(model, labels, label, steps=args.steps, size=args.size, tv_weight=args.tv_weight, seed=args.seed)
-    except ValueError as exc:  # bad label, checkpoint, weights or numbers: say what to do
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        model, labels = load_imagenet_classifier(args.imagenet_arch, args.imagenet_weights, device=device)
+        label = labels[find_category(labels, args.label)]
+    image = ideal_image(model, labels, label, steps=args.steps, size=args.size, tv_weight=args.tv_weight, seed=args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
@@ -189,16 +183,16 @@ def main(args: argparse.Namespace) -> int:
 @torch.inference_mode()
 def label_probability(model: torch.nn.Module, labels: list[str], image: Image.Image, label: str) -> float:
     """The model's probability for ``label`` on an 8-bit image, through the real preprocessing."""
-    from .presets import preprocess
-
     device = next(model.parameters()).device
-    x = torch.from_numpy(preprocess(image))[None].to(device)
+    size = getattr(model, "image_size", CROP_SIZE)
+    x = torch.from_numpy(preprocess(image, resize_size_for(size), size))[None].to(device)
     return float(model(x).softmax(-1)[0, labels.index(label)])
 
 
-def cli() -> None:
-    sys.exit(main(get_args_parser().parse_args()))
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-ideal``): a user's mistake is one line on stderr, exit 2."""
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

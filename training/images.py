@@ -20,6 +20,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
+from .labels import english_list
+
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 
 MAX_BYTES = 40 * 1024 * 1024  # a 35-megapixel JPEG is ~10-20 MB
@@ -34,7 +36,10 @@ BOMB_RATIO = 1000  # pixels per byte of file; photos are ~0.3, flat screenshots 
 # Decoders we let Pillow use. Restricting ``Image.open`` keeps user uploads away from the
 # exotic plugins (EPS shells out to Ghostscript; PSD, FITS, ... are rarely exercised code).
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"] + (["AVIF"] if features.check("avif") else [])
-SUPPORTED = ", ".join(f.replace("WEBP", "WebP") for f in FORMATS[:-1]) + " or " + FORMATS[-1].replace("WEBP", "WebP")
+SUPPORTED = english_list([f.replace("WEBP", "WebP") for f in FORMATS])
+# File names every tool treats as photos when it reads a folder: the formats above.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+                           | ({".avif"} if "AVIF" in FORMATS else set()))
 
 
 class ImageError(ValueError):
@@ -63,6 +68,27 @@ class ImageTooLargeError(ImageError):
 
 class ImageTooSmallError(ImageError):
     pass
+
+
+def is_image_file(path: Path) -> bool:
+    """A photo by its name (:data:`IMAGE_SUFFIXES`); hidden files such as macOS ``._x.jpg`` are not."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def image_files(root: str | os.PathLike, *, recursive: bool = True, limit: int | None = None) -> list[Path]:
+    """The photos in folder ``root`` (or ``[root]`` for one file), sorted; ``recursive`` looks
+    into subfolders. With ``limit``, evenly spaced picks, so every class folder contributes.
+    A missing folder is a ``FileNotFoundError`` that names it."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    files = sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if is_image_file(p))
+    if limit is not None and len(files) > limit:
+        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files = [files[i] for i in idx]
+    return files
 
 
 def _human_bytes(n: int) -> str:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .presets import as_rgb_uint8
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_STEPS = 256
 
@@ -72,12 +74,6 @@ def fourier_image(
         return torch.sigmoid(img)
 
     return [spectrum], image_f
-
-
-def pixel_image(size: int, *, batch: int = 1, sd: float = 0.01, generator=None, device="cpu"):
-    """Plain pixel parameterization (for comparison: it drifts to high-frequency noise)."""
-    t = (torch.randn(batch, 3, size, size, generator=generator) * sd).to(device).requires_grad_(True)
-    return [t], lambda: torch.sigmoid(t)
 
 
 # ---------------------------------------------------------------------- objectives ---
@@ -298,6 +294,4 @@ def render(
 
 def to_pil(images: torch.Tensor) -> Image.Image:
     """The first image of ``[N, 3, H, W]`` in [0, 1] as an 8-bit RGB PIL image."""
-    from .presets import as_rgb_uint8
-
     return as_rgb_uint8(images[0].detach().float().cpu().numpy())

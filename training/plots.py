@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: training runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,8 +35,6 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
 
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Counts per (true, predicted) class; the cells are written out when they fit."""
-    import numpy as np
-
     cm = np.asarray(confusion, dtype=np.int64)
     k = len(labels)
     side = min(max(4.5, 0.35 * k + 2.5), 16.0)

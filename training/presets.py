@@ -22,6 +22,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def resize_size_for(crop_size: int) -> int:
+    """The shorter side to resize to before a ``crop_size`` center crop (256 for 224)."""
+    return round(crop_size * RESIZE_SIZE / CROP_SIZE)
+
+
 def crop_box(width: int, height: int, resize_size: int = RESIZE_SIZE, crop_size: int = CROP_SIZE):
     """Geometry of the eval pipeline for an image of ``width``x``height``.
 
@@ -58,7 +63,7 @@ def preprocess(img: Image.Image, resize_size: int = RESIZE_SIZE, crop_size: int 
 
 def preprocess_batch(images: Iterable[Image.Image], crop_size: int = CROP_SIZE) -> np.ndarray:
     """Several images -> float32 ``[N, 3, crop, crop]``."""
-    resize_size = round(crop_size * RESIZE_SIZE / CROP_SIZE)
+    resize_size = resize_size_for(crop_size)
     arrays = [preprocess(im, resize_size, crop_size) for im in images]
     if not arrays:
         return np.zeros((0, 3, crop_size, crop_size), dtype=np.float32)
@@ -70,7 +75,7 @@ class EvalPreset:
 
     def __init__(self, crop_size: int = CROP_SIZE):
         self.crop_size = crop_size
-        self.resize_size = round(crop_size * RESIZE_SIZE / CROP_SIZE)
+        self.resize_size = resize_size_for(crop_size)
 
     def __call__(self, img: Image.Image):
         import torch

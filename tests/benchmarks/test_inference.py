@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from benchmarks.inference import get_args_parser, main
+from benchmarks.inference import cli, get_args_parser, main
+from tests.conftest import run_tool
 
 
 @pytest.mark.slow
@@ -27,6 +28,5 @@ def test_bench_prints_the_table_and_sane_figures(tiny_checkpoint, tiny_onnx, tin
 
 
 def test_bench_missing_model_is_a_message(tmp_path, capsys):
-    args = get_args_parser().parse_args(["--checkpoint", str(tmp_path / "x.pt"), "--data", str(tmp_path)])
-    assert main(args) == 1
-    assert "not found" in capsys.readouterr().err
+    code, _, err = run_tool(cli, ["--checkpoint", tmp_path / "x.pt", "--data", tmp_path], capsys)
+    assert code == 2 and "not found" in err

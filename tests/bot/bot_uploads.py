@@ -9,9 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-
 import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
 
 _root = _root_module
 synthetic_photo = _root.synthetic_photo

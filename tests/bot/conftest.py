@@ -60,3 +60,22 @@ def hostile(tmp_path_factory) -> dict[str, tuple[Path, bytes, str]]:
         path.write_bytes(data)
         out[kind] = (path, data, expect)
     return out
+
+
+@pytest.fixture(scope="session")
+def emulated_handlers(bot_settings):
+    """One set of handlers (models loaded once) shared by every bot that logs in to an emulator."""
+    from bot.handlers import Handlers
+
+    h = Handlers(bot_settings)
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def live(emulated_handlers):
+    """A real PetBot logged in to a fresh local Discord emulator, for one test module."""
+    from tests.discord_emulator.harness import Harness
+
+    with Harness(emulated_handlers, heartbeat_ms=1000, download_timeout_s=2.0) as h:
+        yield h

@@ -12,6 +12,7 @@ import io
 import itertools
 import struct
 import time
+import weakref
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 _ids = itertools.count(1)
+_by_url: weakref.WeakValueDictionary[str, FakeAttachment] = weakref.WeakValueDictionary()
 
 
 class FakeAttachment:
@@ -33,9 +35,11 @@ class FakeAttachment:
         self.size = len(data) if size is None else size
         self.width, self.height = width, height
         self.reads = 0
+        self.url = f"https://cdn.discordapp.com/attachments/1/{next(_ids)}/{filename}"
+        _by_url[self.url] = self
 
     @classmethod
-    def from_bytes(cls, data: bytes, filename: str, content_type: str | None = None) -> "FakeAttachment":
+    def from_bytes(cls, data: bytes, filename: str, content_type: str | None = None) -> FakeAttachment:
         width = height = None
         try:
             with Image.open(io.BytesIO(data)) as img:
@@ -51,6 +55,26 @@ class FakeAttachment:
     async def read(self) -> bytes:
         self.reads += 1
         return self.data
+
+
+class FakeDownloader:
+    """Stands in for :class:`bot.download.Downloader` on a bot that never logs in: serves the
+    bytes of the :class:`FakeAttachment` a URL belongs to. (The real downloader, with its
+    CDN allow-list, time and size limits, is tested against the Discord emulator.)"""
+
+    async def fetch(self, url: str, announced: int, name: str) -> bytes:
+        att = _by_url[url]
+        att.reads += 1
+        return att.data
+
+
+def offline_bot(handlers):
+    """A :class:`bot.client.PetBot` whose command callbacks can be awaited with fakes."""
+    from bot.client import PetBot
+
+    bot = PetBot(handlers, handlers.settings)
+    bot.downloader = FakeDownloader()
+    return bot
 
 
 @dataclass
@@ -71,7 +95,7 @@ def _files(kwargs: dict) -> list[tuple[str, bytes]]:
 
 
 class FakeResponse:
-    def __init__(self, interaction: "FakeInteraction"):
+    def __init__(self, interaction: FakeInteraction):
         self._i = interaction
         self._done = False
 
@@ -95,7 +119,7 @@ class FakeResponse:
 
 
 class FakeFollowup:
-    def __init__(self, interaction: "FakeInteraction"):
+    def __init__(self, interaction: FakeInteraction):
         self._i = interaction
 
     async def send(self, content: str | None = None, **kwargs: Any) -> None:

@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 
 from bot.client import PetBot
-from tests.bot.fakes import FakeAttachment, FakeInteraction
 from tests.bot.bot_uploads import LABELS, photo_bytes
+from tests.bot.fakes import FakeAttachment, FakeInteraction, offline_bot
 
 
 @pytest.fixture
 def bot(make_handlers):
     handlers = make_handlers()
-    return PetBot(handlers, handlers.settings)
+    return offline_bot(handlers)
 
 
 def run(bot, command: str, interaction: FakeInteraction | None = None, **options) -> FakeInteraction:
@@ -34,14 +34,18 @@ def attach(data: bytes, name: str) -> FakeAttachment:
 
 
 def test_commands_and_their_options_are_registered(bot):
-    names = {c.name for c in bot.tree.get_commands()}
+    import discord
+
+    names = {c.name for c in bot.tree.get_commands(type=discord.AppCommandType.chat_input)}
     assert names == {"classify", "fool-me", "ideal", "explain", "about"}
+    menus = {c.name for c in bot.tree.get_commands(type=discord.AppCommandType.message)}
+    assert menus == {"Classify photo", "Fool me", "Explain"}
     fool = bot.tree.get_command("fool-me")
     params = {p.name: p for p in fool.parameters}
     assert [c.value for c in params["target"].choices] == LABELS  # choices come from the model
     assert not params["target"].required and params["image"].required
     assert [c.value for c in bot.tree.get_command("ideal").parameters[0].choices] == LABELS
-    for command in bot.tree.get_commands():
+    for command in bot.tree.get_commands(type=discord.AppCommandType.chat_input):
         assert 0 < len(command.description) <= 100  # Discord's limit
 
 
@@ -92,7 +96,7 @@ def test_oversized_attachments_are_refused_before_download(make_handlers):
     from bot.config import Limits
 
     h = make_handlers(limits=Limits(max_bytes=1000, max_pixels=10_000))
-    bot = PetBot(h, h.settings)
+    bot = offline_bot(h)
     big = FakeAttachment(b"x" * 10, "big.jpg", "image/jpeg", size=5_000_000)
     wide = FakeAttachment(b"x" * 10, "wide.png", "image/png", width=200, height=100, size=500)
     doc = FakeAttachment(b"%PDF-1.4", "cv.pdf", "application/pdf")
@@ -147,7 +151,7 @@ def test_ideal_sends_an_image_the_onnx_model_judges(bot):
 
 def test_heavy_commands_are_capped_and_cooled_down(make_handlers):
     h = make_handlers(max_heavy=1, cooldown_s=60)
-    bot = PetBot(h, h.settings)
+    bot = offline_bot(h)
     photo = photo_bytes("dog", seed=5)
 
     async def burst():

@@ -11,9 +11,8 @@ import sys
 
 import pytest
 
-from bot.client import PetBot
-from tests.bot.fakes import FakeAttachment, FakeInteraction
 from tests.bot.bot_uploads import _root, photo_bytes, png
+from tests.bot.fakes import FakeAttachment, FakeInteraction, offline_bot
 
 NOT_A_PET = "This doesn't look like a cat or a dog — closest guess:"
 SHIFTED = {"stripes": _root.shifted_photo("stripes", 5), "noise": _root.shifted_photo("noise", 4)}
@@ -22,7 +21,7 @@ SHIFTED = {"stripes": _root.shifted_photo("stripes", 5), "noise": _root.shifted_
 @pytest.fixture
 def ood_bot(make_handlers, tiny_ood_onnx, tiny_ood_checkpoint):
     handlers = make_handlers(model=tiny_ood_onnx, checkpoint=tiny_ood_checkpoint)
-    return PetBot(handlers, handlers.settings)
+    return offline_bot(handlers)
 
 
 def classify(bot, data: bytes, name: str) -> FakeInteraction:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from demo.__main__ import get_args_parser, main
+from demo.__main__ import cli, get_args_parser
+from tests.conftest import run_tool
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
-    code = main(get_args_parser().parse_args(argv))
-    return code, capsys.readouterr().err
+    code, _, err = run_tool(cli, argv, capsys)
+    return code, err
 
 
 def test_help_names_every_flag():

@@ -16,7 +16,7 @@ from PIL import Image
 
 from export.convert import ExportError, export_onnx, verify
 from export.runtime import Classifier
-from tests.conftest import LABELS, finetuned_copy, synthetic_photo
+from tests.conftest import LABELS, finetuned_copy, run_tool, synthetic_photo
 from training import load_checkpoint
 from training.presets import preprocess
 
@@ -153,24 +153,19 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ],
     ids=["missing", "not-a-checkpoint", "no-output", "int8-without-calibration", "missing-calibration"],
 )
-def test_cli_errors_are_messages_not_tracebacks(tmp_path, make_args, phrase):
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, make_args, phrase, capsys):
     (tmp_path / "bad.pt").write_text("this is not a checkpoint")
-    import contextlib
-    import io
+    from export.__main__ import cli
 
-    from export.__main__ import get_args_parser, main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(get_args_parser().parse_args(make_args(tmp_path)))
-    assert code != 0
-    assert phrase in err.getvalue() and "Traceback" not in err.getvalue()
+    code, _, err = run_tool(cli, make_args(tmp_path), capsys)
+    assert code == 2
+    assert phrase in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_missing_checkpoint_in_a_real_process(tmp_path):
     proc = run_cli("--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
 
 

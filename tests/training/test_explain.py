@@ -192,15 +192,15 @@ def test_cli_hostile_input_is_a_message_not_a_traceback(tiny_checkpoint, tmp_pat
     for name, path in hostile_files(tmp_path).items():
         code, out, err = run_cli(monkeypatch, capsys, ["--checkpoint", str(tiny_checkpoint), "--image", str(path),
                                                        "--out", str(tmp_path / "out"), "--json"])
-        assert code == 1, name
+        assert code == 2, name
         assert "Traceback" not in err and err.startswith("error: "), (name, err)
         assert json.loads(out.strip().splitlines()[-1])["error"], name
     good = tmp_path / "good.png"
     code, _, err = run_cli(monkeypatch, capsys, ["--checkpoint", str(tiny_checkpoint), "--image", str(good),
                                                  "--out", str(tmp_path / "out"), "--label", "horse"])
-    assert code == 1 and "cat, dog" in err
+    assert code == 2 and "cat, dog" in err
     code, _, err = run_cli(monkeypatch, capsys, ["--checkpoint", str(good), "--image", str(good), "--out", str(tmp_path)])
-    assert code == 1 and "checkpoint" in err and "Traceback" not in err
+    assert code == 2 and "checkpoint" in err and "Traceback" not in err
     assert not list((tmp_path / "out").glob("*.png")), "no output for unusable input"
 
 
@@ -210,5 +210,5 @@ def test_module_entry_point(tiny_checkpoint, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     proc = subprocess.run([sys.executable, "-m", "training.explain", "--checkpoint", str(tiny_checkpoint),
                            "--image", str(bad), "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "bad.jpg" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "bad.jpg" in proc.stderr
     assert "--layer" in get_args_parser().format_help()

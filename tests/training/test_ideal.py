@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from training import load_checkpoint
-from training.ideal import get_args_parser, ideal_image, label_probability, main
+from tests.conftest import run_tool
+from training.ideal import cli, get_args_parser, ideal_image, label_probability, main
 from training.imagenet import CAT_CLASSES, find_category, imagenet_categories, load_imagenet_classifier
 from training.optvis import (
     Objective,
@@ -128,13 +129,13 @@ def test_command_line(tiny_checkpoint, tmp_path, capsys):
     assert record["label"] == "cat" and record["output"] == str(out) and record["prob"] >= 0.9
     assert Image.open(out).size == (64, 64) and record["seconds"] > 0
     bad = ["--checkpoint", str(tiny_checkpoint), "--label", "zebra", "--out", str(out)]
-    assert main(get_args_parser().parse_args(bad)) == 2
-    assert "unknown label 'zebra'" in capsys.readouterr().err
-    assert main(get_args_parser().parse_args(["--label", "cat", "--out", str(out)])) == 2
-    assert "exactly one of --checkpoint or --imagenet-arch" in capsys.readouterr().err
+    code, _, err = run_tool(cli, bad, capsys)
+    assert code == 2 and "unknown label 'zebra'" in err
+    code, _, err = run_tool(cli, ["--label", "cat", "--out", str(out)], capsys)
+    assert code == 2 and "exactly one of --model or --imagenet-arch" in err
     missing = ["--imagenet-arch", "mobilenet_v3_small", "--imagenet-weights", str(tmp_path / "no.pth"), "--label", "zebra", "--out", str(out)]
-    assert main(get_args_parser().parse_args(missing)) == 2
-    assert "ImageNet weights file not found" in capsys.readouterr().err
+    code, _, err = run_tool(cli, missing, capsys)
+    assert code == 2 and "ImageNet weights file not found" in err
 
 
 def test_imagenet_route_offline(tmp_path, capsys):

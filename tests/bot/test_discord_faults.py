@@ -1,0 +1,138 @@
+"""Faults on Discord's side, each injected by the emulator: the gateway drops or asks for a
+reconnect, the session is invalidated, REST answers 429 / 500 / 401, the CDN loses, stalls or
+oversizes an attachment. The bot recovers, and every reply still arrives and obeys the rules."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.bot.bot_uploads import photo_bytes
+from tests.discord_emulator import TOKEN, validate
+
+pytestmark = pytest.mark.emulator
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_violations(live):
+    before = len(live.emu.violations)
+    yield
+    assert live.emu.violations[before:] == []
+    live.ready_again()  # the next test starts from a connected bot
+
+
+def attach(emu, label: str, seed: int = 1, name: str | None = None, **kw) -> dict:
+    data = photo_bytes(label, seed)
+    w, h = Image.open(io.BytesIO(data)).size
+    return emu.add_attachment(name or f"{label}{seed}.png", data, "image/png", width=w, height=h, **kw)
+
+
+def events(live) -> list[str]:
+    return [what for _, _, what in live.emu.gateway_log]
+
+
+def pools_idle(handlers) -> bool:
+    return not (handlers.light.running or handlers.light.busy_users
+                or handlers.heavy.running or handlers.heavy.busy_users)
+
+
+def test_gateway_drop_during_fool_me_resumes_and_the_reply_arrives(live):
+    emu = live.emu
+    it = live.run(emu.invoke("fool-me", {"image": attach(emu, "dog", 5, "rex.png"), "target": "cat"}))
+    live.run(emu.wait_for(lambda: it.acked_at is not None, 10, "the defer"))
+    live.run(emu.drop(0))  # mid-computation: the attack runs, the socket is gone
+    about = live.run(emu.invoke("about"))  # a user clicks while the bot is disconnected
+    live.run(emu.answered(it, 60), 70)
+    live.run(emu.answered(about, 30), 40)  # replayed on RESUME, then answered
+    assert list(it.answer.files) == ["rex-as-cat.png"]
+    assert about.acked_at - about.dispatched_at < validate.ACK_WINDOW_S
+    assert events(live)[-2:] == ["drop", "resume"]
+
+
+def test_op7_reconnect_resumes_the_session(live):
+    emu = live.emu
+    live.run(emu.reconnect(0))
+    live.run(emu.wait_for(lambda: events(live)[-1] == "resume", 20, "a RESUME"))
+    it = live.run(emu.invoke("about"))
+    assert live.run(emu.answered(it, 20), 30).response_type == 4
+
+
+def test_op9_invalid_session_identifies_again(live):
+    emu = live.emu
+    sessions = set(emu.sessions)
+    live.run(emu.invalidate_session(0, resumable=False))
+    # discord.py waits 5 s before a non-initial IDENTIFY (Discord's identify rate limit).
+    live.run(emu.wait_for(lambda: set(emu.sessions) - sessions and emu.connected(0), 30, "a new session"))
+    assert events(live)[-3:] == ["op 9 False", "closed 1000", "identify"]  # discord.py closes, then identifies
+    it = live.run(emu.invoke("about"))
+    assert live.run(emu.answered(it, 20), 30).response_type == 4
+
+
+def test_429_on_the_follow_up_is_retried_after_retry_after(live):
+    emu = live.emu
+    fault = emu.fail("POST", r"^/api/v10/webhooks/", 429, retry_after=1.5)
+    it = live.run(emu.invoke("classify", {"image": attach(emu, "cat", 3)}))
+    live.run(emu.answered(it, 30), 40)
+    assert len(fault.hits) == 1 and it.answer.embeds[0]["title"] == "I see a cat"
+    assert it.answered_at - fault.hits[0] >= 1.5
+    assert "rate limited" in live.log.text()
+
+
+def test_500_on_the_follow_up_is_retried_and_the_bot_keeps_serving(live):
+    emu = live.emu
+    fault = emu.fail("POST", r"^/api/v10/webhooks/", 500)
+    it = live.run(emu.invoke("classify", {"image": attach(emu, "dog", 3)}))
+    live.run(emu.answered(it, 30), 40)
+    assert len(fault.hits) == 1 and it.answer.embeds[0]["title"] == "I see a dog"
+    statuses = [r.status for r in emu.requests if r.path.startswith("/api/v10/webhooks/") and r.at >= it.dispatched_at]
+    assert statuses[:2] == [500, 200]
+    later = live.run(emu.invoke("about"))
+    assert live.run(emu.answered(later, 20), 30).response_type == 4
+
+
+@pytest.mark.parametrize("fault, words", [
+    ("404", "no longer on Discord"),
+    ("stall", "took more than 2 s"),
+    ("oversize", "larger than Discord announced"),
+])
+def test_attachment_faults_get_a_private_answer_and_free_the_pools(live, fault, words):
+    emu = live.emu
+    data = photo_bytes("cat", 3)
+    announced = len(data) // 2 if fault == "oversize" else None
+    att = emu.add_attachment("tom.png", data, "image/png", fault=fault, announced_size=announced)
+    start = time.monotonic()
+    it = live.run(emu.invoke("classify", {"image": att}))
+    live.run(emu.answered(it, 30), 40)
+    assert it.answer.ephemeral and words in it.answer.content, it.answer.content
+    assert time.monotonic() - start < 15
+    assert pools_idle(live.handlers)
+    ok = live.run(emu.invoke("classify", {"image": attach(emu, "cat", 3)}))  # nothing is stuck
+    assert live.run(emu.answered(ok, 30), 40).answer.embeds[0]["title"] == "I see a cat"
+
+
+def test_rejected_token_exits_with_status_3(live, bot_onnx):
+    env = {**os.environ, "DISCORD_TOKEN": TOKEN.replace("emulat", "wrong0"), "PETLENS_DISCORD_URL": live.emu.base_url}
+    proc = subprocess.run([sys.executable, "-m", "bot", "--model", str(bot_onnx), "--checkpoint", "none"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "Discord rejected DISCORD_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
+    assert TOKEN.split(".")[0] not in proc.stderr  # the token is never echoed
+    assert any(r.path == "/api/v10/users/@me" and r.status == 401 for r in live.emu.requests)
+
+
+def test_heartbeats_are_acknowledged(live):
+    """discord.py closes a connection whose heartbeat goes unacknowledged for an interval; with
+    every beat ACKed the session stays up."""
+    before, log = live.emu.heartbeats, len(live.emu.gateway_log)
+    live.run(asyncio.sleep(2.5))  # heartbeat_interval is 1 s in these tests
+    assert live.emu.heartbeats >= before + 2 and len(live.emu.gateway_log) == log

@@ -1,0 +1,107 @@
+"""An emulator and a real :class:`bot.client.PetBot` logged in to it, in a background event loop.
+
+pytest's tests are synchronous; the harness runs the emulator and the bot in one asyncio loop
+on a thread, and :meth:`Harness.run` executes a coroutine there and returns its result. The
+bot goes through the real network stack: aiohttp on both sides, TCP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import replace
+from typing import Any, Awaitable
+
+import discord
+from discord.gateway import DiscordWebSocket
+
+from .server import TOKEN, Emulator
+
+
+class LogRecords(logging.Handler):
+    """Keeps the bot's log records so tests can assert what was reported."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        return "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in self.records)
+
+
+class Harness:
+    """``with Harness(handlers) as h: h.run(h.emu.invoke("about"))``."""
+
+    def __init__(self, handlers, *, shards: int = 1, heartbeat_ms: int = 41250, **settings: Any):
+        self.handlers = handlers
+        self.emu = Emulator(shards=shards, heartbeat_ms=heartbeat_ms)
+        self.settings_overrides = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="discord-emulator", daemon=True)
+        self.bot = None
+        self.task: asyncio.Task | None = None
+        self.log = LogRecords()
+        self._saved = (discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
+
+    def run(self, coro: Awaitable, timeout: float = 60.0):
+        """Run ``coro`` in the harness loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> "Harness":
+        from bot.client import PetBot, use_local_discord
+
+        self.thread.start()
+        self.run(self.emu.start())
+        use_local_discord(self.emu.base_url)
+        settings = replace(self.handlers.settings, discord_url=self.emu.base_url, **self.settings_overrides)
+        for name in ("petlens", "discord"):
+            logging.getLogger(name).addHandler(self.log)
+        logging.getLogger("petlens").setLevel(logging.INFO)
+
+        async def login():
+            self.bot = PetBot(self.handlers, settings)
+            self.task = asyncio.ensure_future(self.bot.start(TOKEN))
+            await self.emu.wait_for(lambda: self.bot.is_ready() or self.task.done(), 60, "the bot to be ready")
+            if self.task.done():
+                self.task.result()  # raises the login error
+
+        try:
+            self.run(login(), timeout=90)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        async def shutdown():
+            if self.bot is not None:
+                await self.bot.close()
+            if self.task is not None:
+                await asyncio.gather(self.task, return_exceptions=True)
+            await self.emu.stop()
+            # discord.py leaves a few helper tasks (ready delays, queue readers) behind: end them
+            # here rather than let the loop be closed under them.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.run(shutdown(), timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+            discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = self._saved
+            for name in ("petlens", "discord"):
+                logging.getLogger(name).removeHandler(self.log)
+
+    def ready_again(self, timeout: float = 30.0) -> None:
+        """Wait until every shard is connected and the bot is ready."""
+        self.run(self.emu.wait_for(
+            lambda: all(self.emu.connected(i) for i in range(self.emu.shards)) and self.bot.is_ready(),
+            timeout, "every shard to be connected"), timeout + 5)

@@ -1,0 +1,91 @@
+"""The JSON objects Discord sends: users, attachments, messages, interactions, READY.
+
+Only the fields discord.py reads, with realistic values; snowflakes come from one counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+DISCORD_EPOCH_MS = 1420070400000
+APPLICATION_ID = 1100000000000000001
+BOT_USER = {"id": str(APPLICATION_ID), "username": "petlens", "discriminator": "0", "global_name": None,
+            "avatar": None, "bot": True, "flags": 0, "verified": True, "mfa_enabled": False}
+_counter = itertools.count(1)
+
+
+def snowflake(shard_hint: int = 0) -> int:
+    """A fresh snowflake: timestamp bits above, a counter below."""
+    ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    return (ms << 22) | ((next(_counter) + shard_hint) & 0x3FFFFF)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def user(user_id: int) -> dict:
+    return {"id": str(user_id), "username": f"user{user_id}", "discriminator": "0", "global_name": None,
+            "avatar": None, "bot": False, "public_flags": 0}
+
+
+def attachment(att_id: int, filename: str, url: str, size: int, content_type: str | None,
+               width: int | None = None, height: int | None = None) -> dict:
+    out: dict[str, Any] = {"id": str(att_id), "filename": filename, "size": size, "url": url, "proxy_url": url}
+    if content_type:
+        out["content_type"] = content_type
+    if width and height:
+        out["width"], out["height"] = width, height
+    return out
+
+
+def message(msg_id: int, channel_id: int, author: dict, *, content: str = "", attachments: list | None = None,
+            embeds: list | None = None, flags: int = 0, guild_id: int | None = None, kind: int = 0,
+            application_id: int | None = None) -> dict:
+    out = {"id": str(msg_id), "channel_id": str(channel_id), "author": author, "content": content,
+           "timestamp": now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
+           "mentions": [], "mention_roles": [], "attachments": attachments or [], "embeds": embeds or [],
+           "pinned": False, "type": kind, "flags": flags, "components": []}
+    if guild_id is not None:
+        out["guild_id"] = str(guild_id)
+    if application_id is not None:
+        out["application_id"] = str(application_id)
+        out["webhook_id"] = str(application_id)
+    return out
+
+
+def interaction(iid: int, token: str, data: dict, *, user_id: int, guild_id: int, channel_id: int,
+                size_limit: int) -> dict:
+    """An INTERACTION_CREATE payload for an application command invoked in a guild text channel."""
+    return {
+        "id": str(iid), "application_id": str(APPLICATION_ID), "type": 2, "token": token, "version": 1,
+        "data": data, "guild_id": str(guild_id), "channel_id": str(channel_id),
+        "channel": {"id": str(channel_id), "type": 0, "guild_id": str(guild_id), "name": "pets", "position": 0,
+                    "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None,
+                    "last_message_id": None, "rate_limit_per_user": 0, "flags": 0},
+        "member": {"user": user(user_id), "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False,
+                   "permissions": "2248473465835073", "flags": 0, "nick": None, "avatar": None},
+        "app_permissions": "2248473465835073", "locale": "en-US", "guild_locale": "en-US",
+        "entitlements": [], "authorizing_integration_owners": {"0": str(guild_id)}, "context": 0,
+        "attachment_size_limit": size_limit,
+    }
+
+
+def ready(session_id: str, resume_url: str, shard: list[int] | None) -> dict:
+    out = {"v": 10, "user": BOT_USER, "guilds": [], "session_id": session_id, "resume_gateway_url": resume_url,
+           "application": {"id": str(APPLICATION_ID), "flags": 0}, "private_channels": [], "presences": [],
+           "relationships": [], "user_settings": {}, "geo_ordered_rtc_regions": [], "session_type": "normal"}
+    if shard is not None:
+        out["shard"] = shard
+    return out
+
+
+def application() -> dict:
+    """``GET /oauth2/applications/@me``."""
+    return {"id": str(APPLICATION_ID), "name": "petlens", "icon": None, "description": "", "bot_public": True,
+            "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0, "summary": "",
+            "owner": user(1), "team": None, "rpc_origins": [], "interactions_endpoint_url": None,
+            "redirect_uris": [], "tags": []}
