@@ -8,7 +8,8 @@ in the ``Classifier``, so both serve the same answers from the same float32 batc
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -12,8 +12,8 @@ import ctypes
 import functools
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -113,7 +113,7 @@ class OnnxBackend:
     @classmethod
     def open(
         cls, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None, spinning: bool = False
-    ) -> "OnnxBackend":
+    ) -> OnnxBackend:
         """Open the ONNX file ``path`` (arguments: see :meth:`export.runtime.Classifier.load`).
         Raises :class:`ModelError` for a missing or unreadable file or an unusable provider."""
         path = Path(path)

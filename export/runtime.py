@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class Classifier:
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None, spinning: bool = False
-    ) -> "Classifier":
+    ) -> Classifier:
         """Open ``path``: an ONNX file exported by ``python -m export``, or the URL of a model
         on a Triton server (``http://host:8000/<model name>``, see :mod:`export.triton_client`).
 
@@ -153,7 +153,7 @@ class Classifier:
             raise ModelError("this model has no ood_score output (export it from a calibrated checkpoint)")
         return self.backend.run(["ood_score"], self._check_batch(batch))[0].reshape(-1)
 
-    def assess(self, image: ImageSource, top_k: int = 3) -> "Assessment":
+    def assess(self, image: ImageSource, top_k: int = 3) -> Assessment:
         """:meth:`predict` plus the out-of-distribution verdict, from one model run.
 
         ``is_pet`` is False when the photo looks unlike every training photo (score above

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class TritonBackend:
         self._shapes: dict[str, tuple[int, ...]] = {}  # per-image output shape, as the model returns it
 
     @classmethod
-    def connect(cls, url: str, *, timeout: float = TIMEOUT_S) -> "TritonBackend":
+    def connect(cls, url: str, *, timeout: float = TIMEOUT_S) -> TritonBackend:
         """``url``: ``http(s)://host:port/<model>`` or ``.../v2/models/<model>``. Reads the
         model's metadata, config and labels; raises :class:`ModelError` when the server is
         down, the model is unknown or not ready, or it is not shaped like a petlens export."""

@@ -31,9 +31,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 # The stub runs an isolated interpreter (PyConfig_InitIsolatedConfig): PYTHONPATH is ignored
 # and only the base Python's site-packages is seen. Whichever of model.py and
@@ -180,7 +180,7 @@ class TritonServer:
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU tests: no GPU probing in the server
         return env
 
-    def start(self, timeout: float = 120.0, models: Sequence[str] | None = None) -> "TritonServer":
+    def start(self, timeout: float = 120.0, models: Sequence[str] | None = None) -> TritonServer:
         """Start and wait until ready: the whole server, or when ``models`` is given, just
         those models (then the others may fail to load, as a test of that wants)."""
         port = _free_port()
@@ -235,7 +235,7 @@ class TritonServer:
         errors = [line for line in lines if line.startswith("E") or "Error" in line]
         return "\n".join(errors or lines[-20:])[-4000:]
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self if self.proc else self.start()
 
     def __exit__(self, *exc) -> None:
