@@ -25,13 +25,12 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from training.cli import UsageError, add_device, add_model, make_parser, positive, resolve_device, run
-
 
 STAT = {"median": np.median, "min": np.min}
 
@@ -109,10 +108,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from export.runtime import CPU, CUDA, Classifier, ModelError, default_threads
     from training import load_checkpoint, read_checkpoint
     from training.ood import ClassifierWithOOD, ood_scorer_from_checkpoint
-
-    from export.runtime import CPU, CUDA, Classifier, ModelError, default_threads
 
     args.model = Path(args.model)
     for path in (args.checkpoint, args.model):
@@ -234,8 +232,8 @@ def sweep_int8(args, fp32, batch, ys, x1, x32, threads) -> list[tuple[str, str]]
                 rows.append((f"int8 sweep: {name}", f"failed: {exc}"))
                 continue
             q = Classifier.load(out, providers=[CPU], threads=threads, spinning=args.spinning)
-            b1 = interleaved({"f": lambda: fp32.probabilities(x1), "q": lambda: q.probabilities(x1)}, args.repeat, stat=args.stat)
-            b32 = interleaved({"f": lambda: fp32.probabilities(x32), "q": lambda: q.probabilities(x32)}, max(3, args.repeat // 3), stat=args.stat)
+            b1 = interleaved({"f": lambda: fp32.probabilities(x1), "q": lambda q=q: q.probabilities(x1)}, args.repeat, stat=args.stat)
+            b32 = interleaved({"f": lambda: fp32.probabilities(x32), "q": lambda q=q: q.probabilities(x32)}, max(3, args.repeat // 3), stat=args.stat)
             rows.append((f"int8 sweep: {name}", f"b1 {b1['q'] * 1e3:.1f} ms ({b1['f'] / b1['q']:.2f}x) | b32 {b32['q'] * 1e3:.0f} ms "
                          f"({b32['f'] / b32['q']:.2f}x) | acc {accuracy(q, batch, ys):.1%} | agree {rep.agreement:.1%}"))
             print(f"  {name}: done", file=sys.stderr, flush=True)

@@ -51,7 +51,6 @@ def features(model, files: list[Path], batch_size: int = 32, reference: dict | N
     """Scored features (the model's own, or ``reference`` blocks') and the model's logits of
     ``files`` (decoded and preprocessed like everywhere else)."""
     from training.images import load_image
-
     from training.presets import preprocess_batch
 
     both = ScoreFeatures(model, reference).eval()
@@ -97,10 +96,10 @@ def research_scores(tr, ytr, head):
         return alpha * ((f.double() - u) @ null).norm(dim=1) - torch.logsumexp(logits.double(), 1)
 
     return {
-        "mahalanobis-raw": lambda f, l: maha(f).min(1).values,
-        "relative-mahalanobis": lambda f, l: relative(f),
+        "mahalanobis-raw": lambda f, _logits: maha(f).min(1).values,
+        "relative-mahalanobis": lambda f, _logits: relative(f),
         "vim[256]": vim,
-        "feature-norm": lambda f, l: -f.norm(dim=1),
+        "feature-norm": lambda f, _logits: -f.norm(dim=1),
     }
 
 
@@ -126,7 +125,7 @@ def compare(tr, ytr, va, va_logits, od, od_logits, cats: list[str], head, target
             t = conformal_threshold(v[vi], target_tpr)
             boots.append((auroc(v[vi], o[oi]), float((o[oi] <= t).double().mean())))
         bt = torch.tensor(boots, dtype=torch.float64) if boots else None
-        ci = lambda col: bt[:, col].quantile(torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist() if boots else None
+        ci = lambda col, bt=bt, boots=boots: bt[:, col].quantile(torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist() if boots else None
         table[name] = {
             "auroc": auroc(v, o), "far": far(o), "tar": float((v <= thr).double().mean()),
             "auroc_ci": ci(0),

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.inference import cpu_summary, interleaved
-from training.cli import UsageError, add_model, make_parser, positive, run
+from training.cli import UsageError, add_json, add_model, make_parser, positive, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--url", help="a model already served by Triton (http://host:8000/<name>); default: start a local server")
     parser.add_argument("--threads", type=positive(int), default=2, help="onnxruntime threads, local and in the server (default: %(default)s)")
     parser.add_argument("--repeat", type=positive(int), default=30, help="timed runs at batch 1; batch 32 uses a third (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    add_json(parser, help="also print the figures as one JSON line")
     return parser
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import discord
@@ -124,7 +125,7 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
     @label_options("target")
     @app_commands.choices(strength=strength_choices)
     async def fool_me(interaction: discord.Interaction, image: discord.Attachment,
-                      target: Optional[str] = None, strength: Optional[str] = None) -> None:
+                      target: str | None = None, strength: str | None = None) -> None:
         """Change your photo invisibly until the network swears it is something else."""
         await run_handler(interaction, lambda ack: handlers.fool_me(
             upload(image), target=target, strength=strength or "normal",

@@ -31,9 +31,9 @@ import logging
 import sys
 from pathlib import Path
 
-from . import config
 from training.cli import make_parser, run
 
+from . import config
 from .config import STRENGTHS
 
 EXIT_CONFIG = 2

@@ -24,10 +24,11 @@ import multiprocessing
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Hashable
+from typing import Any
 
 from training.images import ImageError
 from training.labels import english_list
@@ -75,13 +76,13 @@ class Upload:
     read: Callable[[], Awaitable[bytes]]
 
     @classmethod
-    def from_attachment(cls, att: Any, read: Callable[[], Awaitable[bytes]] | None = None) -> "Upload":
+    def from_attachment(cls, att: Any, read: Callable[[], Awaitable[bytes]] | None = None) -> Upload:
         """From a ``discord.Attachment`` (or anything with the same fields); ``read`` fetches
         the bytes (default: the object's own ``read``)."""
         return cls(att.filename, att.content_type, att.size, att.width, att.height, read or att.read)
 
     @classmethod
-    def from_path(cls, path: str | Path) -> "Upload":
+    def from_path(cls, path: str | Path) -> Upload:
         """From a local file (the console); the content type is guessed from the name."""
         path = Path(path)
         if not path.is_file():
@@ -323,13 +324,20 @@ class Handlers:
 
         def render(out: work.FoolOutput, up: Upload | None) -> Reply:
             name = f"{_stem(up.filename)}-as-{out.target}.png"
-            verdict = (f"The network now says **{out.after[0]}** ({out.after[1]:.1%})." if out.success else
-                       f"Not fooled this time: it still says **{out.after[0]}** ({out.after[1]:.1%}). "
-                       "Try `strength: strong`.")
+            if out.success:
+                verdict = f"The network now says **{out.after[0]}** ({out.after[1]:.1%}), and a pet."
+                check = "The verdict is the ONNX model's, on this very PNG: save it and try /classify."
+            elif out.after[0] == out.target:  # the label moved, but /classify would say "not a pet"
+                verdict = (f"Not fooled this time: it says **{out.after[0]}**, but no longer takes the photo "
+                           "for a pet. Try `strength: strong`.")
+                check = "The verdict is the ONNX model's, on this very PNG."
+            else:
+                verdict = (f"Not fooled this time: it still says **{out.after[0]}** ({out.after[1]:.1%}). "
+                           "Try `strength: strong`.")
+                check = "The verdict is the ONNX model's, on this very PNG."
             text = (f"Before: **{out.before[0]}** ({out.before[1]:.1%}). {verdict}\n"
                     f"No pixel moved by more than {math.ceil(out.linf * 255 - 1e-6)}/255 "
-                    f"({out.steps} steps, {out.seconds:.1f} s). The verdict is the ONNX model's, "
-                    "on this very PNG: save it and try /classify.")
+                    f"({out.steps} steps, {out.seconds:.1f} s). {check}")
             return Reply(True, text, [ReplyFile(name, out.png)],
                          title=f"A {out.before[0]} the network swears is a {out.target}"
                          if out.success else "Not fooled this time")

@@ -69,8 +69,8 @@ def warm(model_path: str, checkpoint: str | None, torch_threads: int) -> None:
         torch_model(checkpoint)
         # Import the heavy commands' modules here too: a first import (compiling .py files,
         # holding the GIL) inside the first /fool-me would stall the event loop for ~0.5 s.
-        import training.adversarial  # noqa: F401
-        import training.explain  # noqa: F401
+        import training.adversarial
+        import training.explain
         import training.ideal  # noqa: F401
     classifier(model_path)
 
@@ -127,10 +127,12 @@ class FoolOutput:
     steps: int
     seconds: float
     size: tuple[int, int]
+    is_pet: bool | None = None  # the same run's "is it a pet?" verdict on that PNG (None: not judged)
 
     @property
     def success(self) -> bool:
-        return self.after[0] == self.target
+        """What /classify will say of the PNG: the target label, and a pet."""
+        return self.after[0] == self.target and self.is_pet is not False
 
 
 def fool_me(model_path: str, checkpoint: str, data: bytes, target: str | None, eps: float,
@@ -153,10 +155,11 @@ def fool_me(model_path: str, checkpoint: str, data: bytes, target: str | None, e
     model, labels = torch_model(checkpoint)
     result = fool(model, labels, img, target, eps=eps, steps=steps, max_side=limits.max_output_side)
     png = png_bytes(result.image)
-    after = clf.predict(png, top_k=1)[0]
+    verdict = clf.assess(png, top_k=1)  # the whole verdict /classify gives, on the very PNG
+    after = verdict.top[0]
     return FoolOutput(png=png, target=target, before=before, after=(after[0], float(after[1])),
                       linf=float(result.linf), steps=int(result.steps), seconds=float(result.seconds),
-                      size=result.image.size)
+                      size=result.image.size, is_pet=verdict.is_pet)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from demo.app import launch, load_demo
-from training.cli import USER_ERRORS, UsageError, add_model, make_parser, positive, run
+from training.cli import UsageError, add_model, make_parser, positive, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -59,8 +59,7 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """Console-script entry (``petlens-demo``): a user's mistake is one line on stderr, exit 2."""
-    # RuntimeError: a Triton server that cannot be reached (the URL is the user's to fix).
-    return run(get_args_parser(), main, argv, user_errors=(*USER_ERRORS, RuntimeError))
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

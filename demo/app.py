@@ -22,8 +22,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a file (``python demo/app.py``, which is how a Hugging Face Space starts its
@@ -35,6 +36,7 @@ from gradio.data_classes import FileData
 from PIL import Image
 
 from training.images import MAX_BYTES, ImageError, load_image
+from training.labels import english_list
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path("models/catsdogs.onnx")
@@ -224,11 +226,16 @@ def fool_me(
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
     before = _as_label(classifier.predict(photo, top_k=3))
-    after = _as_label(classifier.predict(result.image, top_k=3))
+    judged = classifier.assess(result.image, top_k=3)  # the whole verdict Classify gives
+    after = _as_label(judged.top)
     said = max(after, key=after.get)
     changed = round(result.linf * 255)
-    if said == target:
-        verdict = f"**Fooled.** The network now says **{said}** ({after[said]:.0%})."
+    if said == target and judged.is_pet is not False:
+        verdict = (f"**Fooled.** The network now says **{said}** ({after[said]:.0%}) and takes it for a pet: "
+                   "download it and try it in Classify.")
+    elif said == target:
+        verdict = (f"**Not fooled this time:** it says **{said}**, but no longer takes the photo for a pet. "
+                   "Try a higher strength.")
     else:
         verdict = f"**Not fooled this time:** it still says **{said}**. Try a higher strength."
     lines = [verdict, f"Largest change to any colour value: {changed}/255 ({result.steps} steps, {result.seconds:.1f} s)."]
@@ -380,7 +387,7 @@ def build_demo(
             f"the ONNX model's labels {list(classifier.labels)} differ from the checkpoint's {labels}; "
             "export the checkpoint again (python -m export) or pass the matching pair."
         )
-    names = ", ".join(labels[:-1]) + f" and {labels[-1]}" if len(labels) > 1 else labels[0]
+    names = english_list(labels, "and")
     photos = list_examples(examples)
     heavy = dict(concurrency_id="torch", concurrency_limit=heavy_concurrency)
 

@@ -51,7 +51,6 @@ def space_requirements(pyproject: str | Path = REPO_ROOT / "pyproject.toml", *, 
     ``gpu=False`` (free CPU Spaces): onnxruntime instead of onnxruntime-gpu and PyTorch's
     CPU wheel index, which spares the multi-gigabyte CUDA build."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     project = tomllib.loads(Path(pyproject).read_text())["project"]

@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -74,7 +75,7 @@ def generated_images(n: int = 8, seed: int = 0) -> list[Image.Image]:
 
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         w, h = int(rng.integers(200, 640)), int(rng.integers(200, 640))
         yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
         base = np.stack([np.sin(xx * rng.uniform(2, 9) + c) for c in rng.uniform(0, 6, 3)], -1)

@@ -35,10 +35,9 @@ import numpy as np
 import onnx
 
 from training.cli import add_model, make_parser, positive, run
-from training.images import image_files
+from training.images import ImageError, image_files
 
 from .convert import ExportError
-from training.images import ImageError
 from .runtime import Classifier
 
 N_CALIBRATION = 200

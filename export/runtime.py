@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from training.images import ImageError, ImageSource, load_image
+from training.labels import describe_labels
 from training.presets import CROP_SIZE, preprocess, resize_size_for
 
 from .backend import Backend, ModelError
@@ -181,18 +182,6 @@ def _ood_threshold(metadata: dict[str, str]) -> float | None:
         return float(json.loads(metadata["ood"])["threshold"])
     except (KeyError, ValueError, TypeError):
         return None
-
-
-def describe_labels(labels: Sequence[str]) -> str:
-    """What a model knows, for "This doesn't look like ...": ``["cat", "dog"]`` -> "a cat or
-    a dog"; up to four labels are named, more become "any of the 37 pets this model knows"."""
-    names = [str(label).replace("_", " ") for label in labels]
-    if not names:
-        return "anything this model knows"
-    if len(names) > 4:
-        return f"any of the {len(names)} pets this model knows"
-    named = [f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}" for name in names]
-    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + f" or {named[-1]}"
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .cli import USER_ERRORS, add_device, fraction, make_parser, positive, run
 from .checkpoint import save_checkpoint
-from .data import Sample, Splits, check_classes, check_images, find_dataset, DatasetError
+from .cli import USER_ERRORS, add_device, fraction, make_parser, positive, run
+from .data import DatasetError, Sample, Splits, check_classes, check_images, find_dataset
 from .distributed import DistInfo
 from .engine import Precision
 from .fit import DEFAULTS, FitResult, TrainConfig, fit

@@ -25,16 +25,18 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .images import load_image
 from .jpeg import jpeg
-from .presets import crop_box, preprocess
+from .ood import ClassifierWithOOD, OODScorer
+from .presets import CROP_SIZE, crop_box, preprocess, resize_size_for
 
 MAX_SIDE = 1024  # longest side fool() works at; larger uploads are downscaled first
 EPS_MIN, EPS_MAX = 1 / 255, 32 / 255  # below one grey level nothing survives 8-bit rounding
@@ -43,7 +45,7 @@ DEFAULT_ROBUST_STEPS = 150
 ROBUST_JPEG_QUALITIES = (60, 90)  # range of the differentiable JPEG views (wider than the check)
 ROBUST_CHECK_QUALITY = 85  # the re-encoding a robust photo must survive
 
-Progress = Optional[Callable[[int, int], None]]
+Progress = Callable[[int, int], None] | None
 
 
 def target_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -139,49 +141,53 @@ def pgd(
 # ---------------------------------------------------------------- the real pipeline ---
 
 
-def classifier_view(height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The eval preprocessing as a differentiable map ``[N, 3, height, width] -> [N, 3, 224, 224]``.
+def classifier_view(height: int, width: int, crop_size: int = CROP_SIZE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eval preprocessing as a differentiable map ``[N, 3, height, width] -> [N, 3, crop, crop]``.
 
     Same geometry as :func:`training.presets.resize_and_crop` (``crop_box``); torch's
     antialiased bilinear resize matches Pillow's ``BILINEAR`` to within Pillow's own 8-bit
     rounding (< 1 grey level), so gradients point where the real pipeline goes.
     """
-    new_w, new_h, left, top = crop_box(width, height)
+    new_w, new_h, left, top = crop_box(width, height, resize_size_for(crop_size), crop_size)
 
     def view(x: torch.Tensor) -> torch.Tensor:
         if (new_w, new_h) != (x.shape[-1], x.shape[-2]):
             x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        return x[..., top : top + 224, left : left + 224]
+        return x[..., top : top + crop_size, left : left + crop_size]
 
     return view
 
 
-def robust_view(height: int, width: int, views: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
+def robust_view(height: int, width: int, views: int = 4, *, crop_size: int = CROP_SIZE,
+                seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
     """Expectation over transformations a re-shared photo goes through, then the classifier.
 
-    Each call draws ``views`` versions of every image: as is, JPEG (quality 75-90, the
+    Each call draws ``views`` versions of every image: as is, JPEG (quality 60-90, the
     differentiable approximation), downscaled to 45-60% (what chat apps and "save for
     web" do), and downscaled then JPEG'd; each then goes through :func:`classifier_view`.
+    The draws come from a generator seeded with ``seed``: the same photo gives the same
+    result, and the global RNGs are not touched.
     """
     lo_q, hi_q = ROBUST_JPEG_QUALITIES
+    rng = np.random.default_rng(seed)
 
     def down(x: torch.Tensor) -> torch.Tensor:
-        s = float(np.random.uniform(0.45, 0.6))
+        s = float(rng.uniform(0.45, 0.6))
         h, w = max(8, round(height * s)), max(8, round(width * s))
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        return classifier_view(h, w)(x)
+        return classifier_view(h, w, crop_size)(x)
 
-    full = classifier_view(height, width)
+    full = classifier_view(height, width, crop_size)
     kinds = [
         lambda x: full(x),
-        lambda x: full(jpeg(x, float(np.random.uniform(lo_q, hi_q)))),
+        lambda x: full(jpeg(x, float(rng.uniform(lo_q, hi_q)))),
         lambda x: down(x),
-        lambda x: down(jpeg(x, float(np.random.uniform(lo_q, hi_q)))),
+        lambda x: down(jpeg(x, float(rng.uniform(lo_q, hi_q)))),
     ]
 
     def view(x: torch.Tensor) -> torch.Tensor:
         out = [kinds[j % len(kinds)](x) for j in range(views)]
-        return torch.stack(out, 1).flatten(0, 1)  # [N*K, 3, 224, 224], image-major
+        return torch.stack(out, 1).flatten(0, 1)  # [N*K, 3, crop, crop], image-major
 
     return view
 
@@ -202,32 +208,79 @@ def reshare(image: Image.Image, how: str) -> Image.Image:
 
 # --------------------------------------------------------------------------- fool() ---
 
+PET_SLACK = 0.02  # the attack aims this far under the OOD threshold: 8-bit rounding and re-shares move the score
+PET_WEIGHT = 30.0  # logits per unit of OOD score in the attack's "not a pet" competitor (~1 logit per 0.03)
+
+
+@dataclass
+class Verdict:
+    """What the deployed model says of one 8-bit image: the top label and its probability,
+    and, for a model with "is it a pet?" statistics, the OOD score and whether it passes."""
+
+    label: str
+    prob: float
+    ood_score: float | None = None
+    is_pet: bool | None = None
+
+    def fooled(self, target: str) -> bool:
+        """The whole verdict ``/classify`` gives: the target label, and a pet (when judged)."""
+        return self.label == target and self.is_pet is not False
+
+    def __iter__(self):  # ``label, prob = verdict``, as FoolResult's (label, prob) pairs used to be
+        return iter((self.label, self.prob))
+
+    def __getitem__(self, i: int):
+        return (self.label, self.prob)[i]
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "prob": round(self.prob, 6), "is_pet": self.is_pet,
+                "ood_score": None if self.ood_score is None else round(self.ood_score, 6)}
+
 
 @dataclass
 class FoolResult:
-    """What /fool-me hands back. Probabilities are from the 8-bit images, real preprocessing."""
+    """What /fool-me hands back. Verdicts are from the 8-bit images, real preprocessing."""
 
     image: Image.Image  # 8-bit RGB, same size as the input (unless it was capped)
-    source: tuple[str, float]  # top label and probability before
-    result: tuple[str, float]  # top label and probability of the returned image
+    source: Verdict  # before
+    result: Verdict  # of the returned image
     linf: float  # max |adv - input| in [0, 1] units, measured on the 8-bit images
     steps: int
     seconds: float
-    success: bool  # result label == target (robust: also after JPEG q85 and a 50% downscale)
+    success: bool  # result is the target AND a pet (robust: also after JPEG q85 and a 50% downscale)
     resized_from: tuple[int, int] | None = None  # original (width, height) if it was capped
-    reshared: dict[str, tuple[str, float]] = field(default_factory=dict)  # robust checks
+    reshared: dict[str, Verdict] = field(default_factory=dict)  # robust checks
+
+
+class _WholeVerdict(torch.nn.Module):
+    """The classifier's logits plus one competitor, "not a pet": ``logit_t - margin -
+    PET_WEIGHT * (threshold - PET_SLACK - ood_score)``. The target beats it by ``margin``
+    exactly when the OOD score is ``PET_SLACK`` under the threshold, so one targeted margin
+    (and pgd's early stop) asks for the target label *and* a photo accepted as a pet, and
+    the cross-entropy pulls the score down while it matters."""
+
+    def __init__(self, net: ClassifierWithOOD, target: int, margin: float):
+        super().__init__()
+        self.net, self.target, self.margin = net, target, margin
+        self.threshold = float(net.scorer.threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, score = self.net(x)
+        logits = logits.float()
+        pet = self.threshold - PET_SLACK - score.float()
+        not_a_pet = logits[:, self.target] - self.margin - PET_WEIGHT * pet
+        return torch.cat([logits, not_a_pet[:, None]], 1)
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)[None]
 
 
-@torch.inference_mode()
-def _predict(model: torch.nn.Module, images: list[Image.Image]) -> torch.Tensor:
-    """Logits of 8-bit PIL images through the one real preprocessing."""
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.stack([preprocess(im) for im in images])).to(device)
-    return model(x).float().cpu()
+def _scorer(model: torch.nn.Module, ood) -> OODScorer | None:
+    if ood == "auto":
+        state = getattr(model, "ood_state", None)
+        return None if state is None else OODScorer(state)
+    return ood
 
 
 def check_eps(eps: float) -> float:
@@ -252,9 +305,12 @@ def fool(
     robust: bool = False,
     max_side: int = MAX_SIDE,
     margin: float = 3.0,
+    ood: OODScorer | str | None = "auto",
+    seed: int = 0,
     progress: Progress = None,
 ) -> FoolResult:
-    """Change ``image`` by at most ``eps`` per pixel so that ``model`` calls it ``target``.
+    """Change ``image`` by at most ``eps`` per pixel so that the deployed model's whole
+    verdict is ``target``: that label, and accepted as a pet.
 
     ``image``: a PIL image (or a path / bytes, decoded by :func:`training.images.load_image`).
     Uploads longer than ``max_side`` pixels are first downscaled to it (``resized_from``
@@ -262,14 +318,16 @@ def fool(
     differs from it by at most ``floor(eps·255)`` grey levels. The perturbation is
     optimized through the classifier's own resize + center crop, and success is checked
     on the rounded 8-bit image through the real preprocessing; if rounding breaks it, the
-    attack keeps going. ``robust=True`` optimizes over JPEG re-encoding and downscaling
-    as well and only stops when the photo also fools after JPEG quality 85 and a 50%
-    downscale (use a larger eps, e.g. 8/255). ``margin``: how many logits the target must
-    win by (3 ≈ 95% for two classes). Unknown ``target`` or ``eps`` out of range:
-    ``ValueError``; unusable image: ``training.images.ImageError``.
+    attack keeps going. ``ood``: the "is it a pet?" scorer (``"auto"``: the statistics
+    :func:`training.load_checkpoint` attached to ``model``; ``None``: label only); with one,
+    the OOD score is part of the objective (:class:`_WholeVerdict`) and success needs it at
+    or under the threshold, as ``/classify`` judges. ``robust=True`` optimizes over JPEG
+    re-encoding and downscaling as well and only stops when the photo also passes after
+    JPEG quality 85 and a 50% downscale (use a larger eps, e.g. 8/255); ``seed`` fixes its
+    random views. ``margin``: how many logits the target must win by (3 ≈ 95% for two
+    classes). Unknown ``target`` or ``eps`` out of range: ``ValueError``; unusable image:
+    ``training.images.ImageError``.
     """
-    from training.images import load_image
-
     if target not in labels:
         raise ValueError(f"unknown target {target!r}; this model knows: {', '.join(labels)}")
     eps = check_eps(eps)
@@ -287,6 +345,9 @@ def fool(
         image = image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.LANCZOS)
 
     device = next(model.parameters()).device
+    size = int(getattr(model, "image_size", CROP_SIZE))
+    scorer = _scorer(model, ood)
+    net = None if scorer is None else ClassifierWithOOD(model, scorer).to(device).eval()
     t = labels.index(target)
     x8 = np.asarray(image, dtype=np.uint8)
     x = _to_tensor(image).to(device)
@@ -298,22 +359,44 @@ def fool(
         q = np.clip(q, x8.astype(np.int16) - levels, x8.astype(np.int16) + levels)
         return Image.fromarray(np.clip(q, 0, 255).astype(np.uint8), "RGB")
 
-    def judge(img: Image.Image) -> dict[str, torch.Tensor]:
-        logits = _predict(model, [reshare(img, how) for how in checks])
-        return dict(zip(checks, logits))
+    @torch.inference_mode()
+    def verdicts(images: list[Image.Image]) -> tuple[list[Verdict], list[float]]:
+        """The deployed verdict of each 8-bit image, and how far each is from being fooled
+        (>= margin: fooled with room to spare)."""
+        batch = torch.from_numpy(np.stack([preprocess(im, resize_size_for(size), size) for im in images])).to(device)
+        if net is None:
+            logits, scores = model(batch).float().cpu(), None
+        else:
+            logits, scores = (v.float().cpu() for v in net(batch))
+        probs = logits.softmax(-1)
+        out, slack = [], []
+        for i in range(len(images)):
+            label_margin = float(target_margin(logits[i : i + 1], torch.tensor([t]))[0])
+            if scores is None:
+                out.append(Verdict(labels[int(probs[i].argmax())], float(probs[i].max())))
+                slack.append(label_margin)
+            else:
+                score = float(scores[i])
+                out.append(Verdict(labels[int(probs[i].argmax())], float(probs[i].max()), score,
+                                   score <= scorer.threshold))
+                # The pet part counts in the same units as the attack's competitor.
+                slack.append(min(label_margin, margin + PET_WEIGHT * (scorer.threshold - score)))
+        return out, slack
 
     best = {"score": -math.inf, "image": None, "judged": None}
 
+    def judge(img: Image.Image) -> tuple[dict[str, Verdict], float]:
+        found, slack = verdicts([reshare(img, how) for how in checks])
+        return dict(zip(checks, found)), min(slack)
+
     def accept(adv: torch.Tensor, _i: int) -> bool:
         img = to_8bit(adv)
-        judged = judge(img)
-        margins = [float(target_margin(lg[None], torch.tensor([t]))[0]) for lg in judged.values()]
-        score = min(margins)
+        judged, score = judge(img)
         if score > best["score"]:
             best.update(score=score, image=img, judged=judged)
-        # Robust mode: every re-shared version must win by the margin too, which also buys
+        # Every re-shared version must win by the margin too (robust mode), which also buys
         # slack for re-encodings it was not checked against (other JPEG qualities, filters).
-        return score >= margin
+        return score >= margin and all(v.fooled(target) for v in judged.values())
 
     done_steps = 0
 
@@ -326,33 +409,30 @@ def fool(
     was_training = model.training
     model.eval()  # the verdicts below must be the deployed (eval-mode) model's
     try:
-        source_logits = _predict(model, [image])[0]
-        view = robust_view(image.height, image.width) if robust else classifier_view(image.height, image.width)
+        (source,), _ = verdicts([image])
+        # In eval mode: pgd restores the mode it found, and a wrapper left in train mode would put
+        # the shared model's batch norms in train mode for the verdicts after it.
+        attacked = model if net is None else _WholeVerdict(net, t, margin).eval()
+        view = (robust_view(image.height, image.width, crop_size=size, seed=seed) if robust
+                else classifier_view(image.height, image.width, size))
         alpha = max(eps / 8, 0.25 / 255) if not robust else eps / 10
-        adv = pgd(model, x, t, eps=eps, alpha=alpha, steps=steps, margin=margin, view=view, accept=accept, progress=count)
+        adv = pgd(attacked, x, t, eps=eps, alpha=alpha, steps=steps, margin=margin, view=view, accept=accept, progress=count)
         final = to_8bit(adv)
-        judged = judge(final)
-        final_score = min(float(target_margin(lg[None], torch.tensor([t]))[0]) for lg in judged.values())
+        judged, final_score = judge(final)
         if best["image"] is not None and best["score"] > final_score:
             final, judged = best["image"], best["judged"]
     finally:
         model.train(was_training)
 
-    def top(logits: torch.Tensor) -> tuple[str, float]:
-        p = logits.softmax(-1)
-        return labels[int(p.argmax())], float(p.max())
-
-    reshared = {how: top(lg) for how, lg in judged.items()}
-    result = reshared["png"]
     linf = float(np.abs(np.asarray(final, dtype=np.int16) - x8.astype(np.int16)).max()) / 255.0
     return FoolResult(
         image=final,
-        source=top(source_logits),
-        result=result,
+        source=source,
+        result=judged["png"],
         linf=linf,
         steps=done_steps,
         seconds=time.perf_counter() - start,
-        success=all(lab == target for lab, _ in reshared.values()),
+        success=all(v.fooled(target) for v in judged.values()),
         resized_from=resized_from,
-        reshared=reshared if robust else {},
+        reshared=judged if robust else {},
     )

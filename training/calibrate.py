@@ -20,17 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .checkpoint import (
-    CheckpointError,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
+from .cli import add_model, fraction, make_parser, positive, run
 from .data import DatasetError, ImageDataset, Sample, find_dataset
 from .model import build_model
 from .ood import ScoreFeatures, fit_ood, ood_summary, reference_state
@@ -85,26 +86,26 @@ def pretrained_trunk_state(arch: str, num_classes: int, weights: str | Path) -> 
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.calibrate", add_help=add_help,
-                                description="Fit the 'is it a pet?' statistics of a checkpoint and store them in it.")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pt) from `python -m training`; updated in place unless --out")
+    p = make_parser("petlens-calibrate", "Fit the 'is it a pet?' statistics of a checkpoint and store them in it.",
+                    add_help=add_help)
+    add_model(p, aliases=("--checkpoint",), help="checkpoint (.pt) from `python -m training`; updated in place unless --out")
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="the dataset it was trained on (same layouts as `python -m training`)")
     p.add_argument("--out", type=Path, default=None, help="write the calibrated checkpoint here instead")
     p.add_argument("--weights", default=None, metavar="imagenet|PATH",
                    help="the weights the model was fine-tuned from (as given to `python -m training`): the "
                         "score then reads those pretrained features where fine-tuning changed the backbone, "
                         "which separates other animals from pets far better (recommended)")
-    p.add_argument("--target-tpr", type=float, default=0.95, help="share of real validation pets to accept (default 0.95)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction when DIR has no val/ split")
+    p.add_argument("--target-tpr", type=fraction, default=0.95, help="share of real validation pets to accept (default 0.95)")
+    p.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction when DIR has no val/ split")
     p.add_argument("--seed", type=int, default=0, help="seed of that split (use the training run's)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    p.add_argument("--batch-size", type=positive(int), default=32, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    ckpt = read_checkpoint(args.checkpoint)
-    model, labels = load_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.model)
+    model, labels = load_checkpoint(args.model)
     splits = find_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed)
     if splits.labels != labels:
         raise DatasetError(f"{args.data} has classes {splits.labels}, the checkpoint was trained on {labels}")
@@ -114,7 +115,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     state = fit_model_ood(model, splits.train, splits.val, target_tpr=args.target_tpr,
                           batch_size=args.batch_size, workers=args.workers, pretrained=pretrained)
     extra = dict(ckpt.get("extra") or {}, ood=state)
-    save_checkpoint(args.out or args.checkpoint, model, labels, image_size=ckpt["config"].get("image_size", 224),
+    save_checkpoint(args.out or args.model, model, labels, image_size=ckpt["config"].get("image_size", 224),
                     metrics=ckpt.get("metrics"), extra=extra)
     summary = ood_summary(state)
     if summary.get("reference_from") == 0:  # not an error: --unfreeze all changes every block
@@ -124,14 +125,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def cli(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (CheckpointError, DatasetError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry (``petlens-calibrate``): a user's mistake is one line on stderr, exit 2."""
+    return run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -83,5 +83,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = build_model(cfg["arch"], cfg["num_classes"], weights="none", dropout=cfg.get("dropout", 0.2))
     model.load_state_dict(ckpt["state_dict"])
     model.image_size = cfg.get("image_size", 224)
+    # The "is it a pet?" statistics (training.ood), a plain dict: not a submodule, so the
+    # model's state_dict stays the classifier's. fool() reads it to fool the whole verdict.
+    model.ood_state = (ckpt.get("extra") or {}).get("ood")
     model.to(device).eval()
     return model, list(cfg["labels"])

@@ -10,8 +10,8 @@ summed across ranks with :func:`all_reduce_sum` so every rank reports the same n
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist

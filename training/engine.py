@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ class Precision:
     scaler: torch.amp.GradScaler | None = None
 
     @classmethod
-    def choose(cls, device: torch.device, amp: str = "auto") -> "Precision":
+    def choose(cls, device: torch.device, amp: str = "auto") -> Precision:
         """``auto``: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (CPU bf16
         is fast only on recent x86 chips; ask for it with ``bf16``)."""
         if amp not in ("auto", "off", "bf16", "fp16"):

@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

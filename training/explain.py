@@ -34,10 +34,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ class _Taps:
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = []
 
-    def __enter__(self) -> "_Taps":
+    def __enter__(self) -> _Taps:
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_hook(self._keep(name)))
         return self

@@ -17,8 +17,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from PIL import Image
@@ -67,7 +67,7 @@ def ideal_image(
     size: int | None = None,
     tv_weight: float | None = None,
     seed: int = 0,
-    progress: Optional[Callable[[int, int, Callable[[], Image.Image]], None]] = None,
+    progress: Callable[[int, int, Callable[[], Image.Image]], None] | None = None,
 ) -> Image.Image:
     """The model's ideal ``label``: an 8-bit RGB ``size``×``size`` PIL image (default: the
     size the model was trained at, ``model.image_size``).

@@ -21,7 +21,7 @@ ingredient is a small swappable callable:
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,18 +91,18 @@ class Objective:
     def __call__(self, outputs: dict) -> torch.Tensor:
         return self.fn(outputs)
 
-    def __add__(self, other: "Objective") -> "Objective":
+    def __add__(self, other: Objective) -> Objective:
         return Objective(lambda o: self(o) + other(o), f"{self.name} + {other.name}")
 
-    def __sub__(self, other: "Objective") -> "Objective":
+    def __sub__(self, other: Objective) -> Objective:
         return Objective(lambda o: self(o) - other(o), f"{self.name} - {other.name}")
 
-    def __mul__(self, k: float) -> "Objective":
+    def __mul__(self, k: float) -> Objective:
         return Objective(lambda o: k * self(o), f"{k:g}·{self.name}")
 
     __rmul__ = __mul__
 
-    def __neg__(self) -> "Objective":
+    def __neg__(self) -> Objective:
         return Objective(lambda o: -self(o), f"-{self.name}")
 
     def __repr__(self) -> str:
@@ -249,7 +249,7 @@ def render(
     *,
     lr: float = 0.05,
     input_size: int = 224,
-    progress: Optional[Callable[[int, int, Callable[[], Image.Image]], None]] = None,
+    progress: Callable[[int, int, Callable[[], Image.Image]], None] | None = None,
 ) -> torch.Tensor:
     """Optimize an image to maximize ``objective``; returns ``[N, 3, H, W]`` in [0, 1].
 

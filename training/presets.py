@@ -11,7 +11,7 @@ paying for torch; the torch presets import torchvision lazily.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -87,8 +87,8 @@ class TrainPreset:
     """Train-time augmentation for fine-tuning: random resized crop, flip, mild colour jitter."""
 
     def __init__(self, crop_size: int = CROP_SIZE, hflip_prob: float = 0.5):
-        from torchvision.transforms import v2 as T
         import torch
+        from torchvision.transforms import v2 as T
 
         self.transforms = T.Compose(
             [

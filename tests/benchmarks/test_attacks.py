@@ -8,11 +8,9 @@ import json
 import pytest
 from PIL import Image
 
-from benchmarks.attacks import get_args_parser, main
-
-
 import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
+from benchmarks.attacks import cli, get_args_parser, main
+from tests.conftest import run_tool
 
 synthetic_photo = _root_module.synthetic_photo
 
@@ -44,7 +42,7 @@ def test_bench_prints_onnx_judged_figures(tiny_checkpoint, tiny_onnx, tmp_path, 
 
 def test_bench_refuses_bad_arguments(tiny_checkpoint, tmp_path, capsys):
     base = ["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path)]
-    assert main(get_args_parser().parse_args(base + ["--target", "zebra"])) == 2
-    assert "unknown --target 'zebra'" in capsys.readouterr().err
-    assert main(get_args_parser().parse_args(base)) == 2
-    assert "no photos in" in capsys.readouterr().err
+    code, _, err = run_tool(cli, base + ["--target", "zebra"], capsys)
+    assert code == 2 and "unknown --target 'zebra'" in err
+    code, _, err = run_tool(cli, base, capsys)
+    assert code == 2 and "no photos in" in err

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-
 import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
 
 _root = _root_module
 LABELS, synthetic_photo = _root.LABELS, _root.synthetic_photo

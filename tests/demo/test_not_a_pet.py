@@ -50,7 +50,7 @@ def test_assess_api_says_not_a_pet_for_stripes_and_nothing_for_a_cat(ood_client,
     assert stripes["is_pet"] is False and stripes["score"] > stripes["threshold"]
     label, prob = stripes["top"][0]
     assert label in LABELS and stripes["message"] == f"{NOT_A_PET} {label} {prob:.0%}"
-    assert [l for l, _ in stripes["top"]] == [l for l, _ in ood_models[0].predict(images["stripes"])]
+    assert [lab for lab, _ in stripes["top"]] == [lab for lab, _ in ood_models[0].predict(images["stripes"])]
     cat = ood_client.predict(handle_file(images["cat"]), api_name="/assess")
     assert cat["is_pet"] is True and cat["message"] is None and cat["top"][0][0] == "cat"
 

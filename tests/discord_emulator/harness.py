@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Any, Awaitable
+from typing import Any
 
 import discord
 from discord.gateway import DiscordWebSocket
@@ -51,7 +52,7 @@ class Harness:
         """Run ``coro`` in the harness loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def __enter__(self) -> "Harness":
+    def __enter__(self) -> Harness:
         from bot.client import PetBot, use_local_discord
 
         self.thread.start()

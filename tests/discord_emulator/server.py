@@ -176,7 +176,7 @@ class Emulator:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> "Emulator":
+    async def start(self) -> Emulator:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -191,7 +191,7 @@ class Emulator:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def __aenter__(self) -> "Emulator":
+    async def __aenter__(self) -> Emulator:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:

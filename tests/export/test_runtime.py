@@ -12,9 +12,9 @@ import onnx
 import pytest
 from PIL import Image
 
-from training.images import EmptyImageError, ImageError, NotAnImageError, UnsupportedImageError
 from export.runtime import CPU, CUDA, Classifier, ModelError, cuda_device_count, default_providers
 from tests.conftest import LABELS, synthetic_photo
+from training.images import EmptyImageError, ImageError, NotAnImageError, UnsupportedImageError
 
 HAS_CUDA = CUDA in __import__("onnxruntime").get_available_providers() and cuda_device_count() > 0
 

@@ -1,5 +1,5 @@
-"""Triton model repository: layout, config contents, and a model that batches (the real
-server loading it: test_triton_server.py)."""
+"""Triton model repository: layout, config contents, and a model that batches. The client
+against a real tritonserver is tested in test_triton_server.py."""
 
 from __future__ import annotations
 
@@ -61,11 +61,7 @@ def test_kind_and_bad_arguments(tiny_onnx, tmp_path):
             write_triton_repo(tiny_onnx, tmp_path, **kwargs)
 
 
-# The client against a real tritonserver: tests/export/test_triton_server.py.
-
-
-def test_client_errors_without_a_server():
-    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install -e '.[triton]')")
+def test_urls_that_name_no_triton_model_are_one_clear_error():
     with pytest.raises(ModelError, match="cannot reach Triton"):
         Classifier.load("http://127.0.0.1:9/pets")  # discard port: nothing listens
     with pytest.raises(ModelError, match="not a Triton model URL"):

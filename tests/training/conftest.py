@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import LABELS, synthetic_photo, write_imagefolder
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
-
-_root = _root_module
-synthetic_photo, write_imagefolder = _root.synthetic_photo, _root.write_imagefolder
 
 
 def run_module(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -39,7 +34,7 @@ def helpers():
     from types import SimpleNamespace
 
     return SimpleNamespace(synthetic_photo=synthetic_photo, write_imagefolder=write_imagefolder,
-                           small_photo=small_photo, run_module=run_module, labels=_root.LABELS)
+                           small_photo=small_photo, run_module=run_module, labels=LABELS)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.images import ImageError
+import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
 from training import load_checkpoint
 from training.adversarial import (
     EPS_MAX,
@@ -22,12 +22,9 @@ from training.adversarial import (
     robust_view,
     target_margin,
 )
+from training.images import ImageError
 from training.jpeg import jpeg, quant_tables
 from training.presets import preprocess
-
-
-import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
 
 synthetic_photo = _root_module.synthetic_photo
 
@@ -201,3 +198,46 @@ def test_fool_bad_arguments(tiny):
         fool(model, labels, photo, "cat", steps=0)
     with pytest.raises(ImageError, match="not an image"):
         fool(model, labels, b"this is not a picture at all", "cat")
+
+
+def test_fooled_png_passes_the_deployed_whole_verdict(tiny_ood_checkpoint, tiny_ood_onnx):
+    """What /classify will say of the PNG fool() returns: the target label AND a pet, judged
+    by the exported ONNX model (Classifier.assess) on the file a user downloads."""
+    from export.runtime import Classifier
+
+    model, labels = load_checkpoint(tiny_ood_checkpoint)
+    assert model.ood_state is not None  # load_checkpoint hands the statistics to fool()
+    onnx = Classifier.load(tiny_ood_onnx)
+    for seed in (21, 22, 23):
+        photo = synthetic_photo("dog", seed, size=(150, 120))
+        r = fool(model, labels, photo, "cat", eps=8 / 255)
+        buf = io.BytesIO()
+        r.image.save(buf, "PNG")
+        verdict = onnx.assess(buf.getvalue(), top_k=1)
+        assert r.success, (r.result, verdict)
+        assert verdict.top[0][0] == "cat" and verdict.is_pet, verdict
+        assert r.result.is_pet and r.result.ood_score == pytest.approx(verdict.score, abs=1e-4)
+        assert r.linf <= 8 / 255 + 1e-9
+
+
+def test_the_pet_part_is_in_the_objective(tiny_ood_checkpoint):
+    """An image the model calls a cat but refuses as a pet is not a success until the attack
+    has also brought its OOD score under the threshold; with ood=None only the label counts."""
+    from training.adversarial import Verdict, _WholeVerdict
+    from training.ood import ClassifierWithOOD, OODScorer
+
+    model, labels = load_checkpoint(tiny_ood_checkpoint)
+    scorer = OODScorer(model.ood_state)
+    wrapped = _WholeVerdict(ClassifierWithOOD(model, scorer).eval(), labels.index("cat"), margin=3.0)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        out = wrapped(x)
+        logits, score = ClassifierWithOOD(model, scorer).eval()(x)
+    assert out.shape == (2, len(labels) + 1)
+    # The competitor is beaten by the margin exactly when the score is PET_SLACK under the threshold.
+    from training.adversarial import PET_SLACK, PET_WEIGHT
+
+    expected = logits[:, 0] - 3.0 - PET_WEIGHT * (scorer.threshold - PET_SLACK - score)
+    assert torch.allclose(out[:, -1], expected, atol=1e-5)
+    assert not Verdict("cat", 0.99, ood_score=1.0, is_pet=False).fooled("cat")
+    assert Verdict("cat", 0.99).fooled("cat") and not Verdict("dog", 0.99, 0.0, True).fooled("cat")

@@ -13,15 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.fool import get_args_parser, main, parse_eps
+from tests.conftest import run_tool, synthetic_photo
+from training.fool import cli, get_args_parser, main, parse_eps
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-import tests.conftest as _root_module  # shared helpers; pytest puts the repo root on sys.path
-
-
-synthetic_photo = _root_module.synthetic_photo
 
 
 @pytest.fixture()
@@ -58,7 +53,8 @@ def test_json_lines_and_outputs(tiny_checkpoint, photos, tmp_path, capsys):
     assert set(lines[1]) == {"image", "error"} and "not an image" in lines[1]["error"]
     for rec, src in ((lines[0], photos[0]), (lines[2], photos[1])):
         assert {"image", "output", "source", "result", "linf", "steps", "seconds"} <= set(rec)
-        assert set(rec["source"]) == set(rec["result"]) == {"label", "prob"}
+        assert set(rec["source"]) == {"label", "prob"}
+        assert set(rec["result"]) == {"label", "prob", "is_pet", "ood_score"}  # the whole verdict (DESIGN.md)
         assert rec["source"]["label"] == "dog" and rec["result"]["label"] == "cat"
         made, original = Image.open(rec["output"]), Image.open(src).convert("RGB")
         assert Path(rec["output"]).parent == out and rec["output"].endswith(".png")
@@ -69,11 +65,11 @@ def test_json_lines_and_outputs(tiny_checkpoint, photos, tmp_path, capsys):
 
 def test_bad_flags_are_refused(tiny_checkpoint, photos, tmp_path, capsys):
     base = ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o"), str(photos[0])]
-    assert main(get_args_parser().parse_args(base + ["--target", "zebra"])) == 2
-    assert "unknown --target 'zebra'; this model knows: cat, dog" in capsys.readouterr().err
+    code, _, err = run_tool(cli, base + ["--target", "zebra"], capsys)
+    assert code == 2 and "unknown --target 'zebra'; this model knows: cat, dog" in err
     missing = ["--checkpoint", str(tmp_path / "nope.pt"), "--target", "cat", "--out", str(tmp_path), str(photos[0])]
-    assert main(get_args_parser().parse_args(missing)) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    code, _, err = run_tool(cli, missing, capsys)
+    assert code == 2 and "checkpoint not found" in err
     with pytest.raises(SystemExit):
         get_args_parser().parse_args(base + ["--target", "cat", "--eps", "64/255"])
     assert "eps must be between 1/255" in capsys.readouterr().err

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training import load_checkpoint
 from tests.conftest import run_tool
+from training import load_checkpoint
 from training.ideal import cli, get_args_parser, ideal_image, label_probability, main
 from training.imagenet import CAT_CLASSES, find_category, imagenet_categories, load_imagenet_classifier
 from training.optvis import (

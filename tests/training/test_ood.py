@@ -154,16 +154,16 @@ def test_bad_arguments_are_readable():
 
 @pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy"])
 def test_onnx_scorer_agrees_with_torch(method, tmp_path):
-    import onnxruntime as ort  # noqa: F401 (fail here, not mid-export, when it is missing)
+    import onnxruntime as ort
 
     train, labels = gaussian_pets(300, seed=0)
     val, _ = gaussian_pets(100, seed=1)
     scorer = OODScorer(fit_ood(train, labels, val, method=method, val_logits=torch.randn(100, 2))).eval()
-    f, l = gaussian_pets(5, seed=3)[0], torch.randn(5, 2)
+    f, logits = gaussian_pets(5, seed=3)[0], torch.randn(5, 2)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(scorer, (f, l), str(tmp_path / "ood.onnx"), input_names=["features", "logits"],
+        torch.onnx.export(scorer, (f, logits), str(tmp_path / "ood.onnx"), input_names=["features", "logits"],
                           output_names=["ood_score"], dynamic_shapes={"features": {0: batch}, "logits": {0: batch}},
                           dynamo=True)
     session = ort.InferenceSession(str(tmp_path / "ood.onnx"), providers=["CPUExecutionProvider"])
@@ -253,3 +253,18 @@ def test_score_reads_pretrained_features_while_the_head_reads_the_finetuned_ones
 
     with pytest.raises(ValueError, match="do not fit"):
         ScoreFeatures(tuned, {"reference_from": 1, "reference_weights": ref["reference_weights"]})
+
+
+def test_rank_auroc_equals_the_pairwise_definition_with_ties():
+    from training.ood import auroc
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n, m = (int(v) for v in torch.randint(1, 40, (2,), generator=g))
+        a = torch.randint(0, 12, (n,), generator=g).double()  # few values: many ties
+        b = torch.randint(0, 12, (m,), generator=g).double()
+        diff = b[:, None] - a[None, :]
+        pairwise = float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
+        assert auroc(a, b) == pytest.approx(pairwise, abs=1e-12)
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.0
+    assert auroc(torch.tensor([5.0]), torch.tensor([5.0])) == 0.5
