@@ -8,6 +8,7 @@ models/catsdogs.onnx in onnxruntime, compared with the same file loaded locally.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -162,3 +163,13 @@ def test_server_stopped_mid_run_is_a_clear_error_not_a_hang(triton_files, triton
         clf.predict(image)
     with pytest.raises(ModelError, match="cannot reach Triton"):
         Classifier.load(f"{server.url}/catsdogs")
+
+
+def test_benchmark_times_both_on_the_same_batches(triton_server, capsys):
+    from benchmarks.triton import cli
+
+    assert cli(["--model", str(SHIPPED_ONNX), "--url", f"{triton_server.url}/catsdogs", "--repeat", "3", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["max_abs_diff"] <= 1e-4
+    assert all(figures[k] > 0 for k in ("local_b1_ms", "triton_b1_ms", "local_b32_ms", "triton_b32_ms"))
+    assert figures["local_b32_ms"] > figures["local_b1_ms"]

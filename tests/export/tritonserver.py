@@ -226,6 +226,12 @@ class TritonServer:
             proc.wait(timeout=15)
         except ProcessLookupError:
             pass
+        # A server whose exit timeout expires (a client still connected) leaves its python
+        # backend stubs running; they are still in its process group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def log_text(self) -> str:
         """The server's error lines (what a failed start or a 500 was about)."""
