@@ -33,6 +33,7 @@ from .checkpoint import (
 )
 from .cli import add_model, fraction, make_parser, positive, run
 from .data import DatasetError, ImageDataset, Sample, find_dataset
+from .engine import extract_features
 from .model import build_model
 from .ood import ScoreFeatures, fit_ood, ood_summary, reference_state
 from .presets import EvalPreset
@@ -50,17 +51,11 @@ def embed_samples(model, samples: Sequence[Sample], *, batch_size: int = 32, wor
     features = ScoreFeatures(model, reference).to(device).eval()
     loader = torch.utils.data.DataLoader(ImageDataset(samples, EvalPreset()), batch_size=batch_size,
                                          shuffle=False, num_workers=workers)
-    feats, labels = [], []
     try:
-        for x, y in loader:
-            feats.append(features(x.to(device))[1].float().cpu())
-            labels.append(y)
+        return extract_features(lambda x: features(x)[1], loader, device, feature_dim=getattr(model, "feature_dim", 0),
+                                gather=False)
     finally:
         model.train(was_training)
-    dim = getattr(model, "feature_dim", 0)
-    if not feats:
-        return torch.zeros((0, dim)), torch.zeros((0,), dtype=torch.int64)
-    return torch.cat(feats), torch.cat(labels)
 
 
 def fit_model_ood(model, train: Sequence[Sample], val: Sequence[Sample], *, target_tpr: float = 0.95,

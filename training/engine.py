@@ -177,10 +177,11 @@ def extract_features(
     progress: bool = False,
     desc: str = "features",
     feature_dim: int = 0,
+    gather: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled backbone features of every image (``embed`` = ``model.embed``, or a
-    compiled version of it; the caller puts the model in eval mode), gathered from all ranks:
-    ``([N, D] float32 on CPU, [N] labels)``. Head mode computes these once and trains the
+    compiled version of it; the caller puts the model in eval mode), gathered from all ranks
+    (``gather=False``: this process's only, no collectives): ``([N, D] float32 on CPU, [N] labels)``. Head mode computes these once and trains the
     head on them, which is what makes it fast on a CPU."""
     from tqdm.auto import tqdm
 
@@ -193,6 +194,8 @@ def extract_features(
     # An empty shard (more ranks than images) still has to join the all_gather.
     f = torch.cat(feats) if feats else torch.zeros((0, feature_dim), device=device)
     y = torch.cat(labels) if labels else torch.zeros((0,), dtype=torch.int64, device=device)
+    if not gather:
+        return f.cpu(), y.cpu()
     return all_gather_cat(f).cpu(), all_gather_cat(y).cpu()
 
 
