@@ -36,7 +36,7 @@ from gradio.data_classes import FileData
 from PIL import Image
 
 from training.images import MAX_BYTES, ImageError, load_image
-from training.labels import english_list
+from training.labels import describe_labels, english_list
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path("models/catsdogs.onnx")
@@ -60,11 +60,11 @@ inside at what it looks at.
 CLASSIFY_HELP = """\
 **Drop a photo, take one with the webcam or paste one.** The network shrinks it to 256 pixels
 on the short side, looks at the central 224×224 square and gives a probability per label.
-It only knows {labels}: anything else still gets one of them, so a coffee cup gets a
-confident answer too.{ood}
+It only knows {labels}, so it always picks one of them. {ood}
 """
-CLASSIFY_OOD_HELP = """ This model also compares the photo with the ones it learned from and
-says so when it looks like none of them."""
+CLASSIFY_OOD_HELP = """It also compares your photo with the ones it learned from: a coffee cup gets
+"Not {what}?" and its closest guess, not a confident label."""
+CLASSIFY_NO_OOD_HELP = "A coffee cup gets a confident answer too: this model cannot tell it knows nothing about it."
 FOOL_HELP = """\
 **An adversarial example.** Upload a photo and pick the label the network should see. Each
 colour value of each pixel moves by at most *strength*/255, far below what you notice, but
@@ -87,7 +87,13 @@ DEPTHS = {  # short enough to fit above a third of the page
     "middle": "Middle: fur, textures, parts",
     "late": "Late: eyes, ears, snouts",
 }
-CSS = ".petlens-help { font-size: 0.95em; opacity: 0.9; }"
+CSS = """
+.petlens-help { font-size: 0.95em; opacity: 0.9; }
+/* The ideal image fills its box (it is made at 224 px; the download keeps that size). */
+#petlens-ideal img { width: 100%; height: 100%; object-fit: contain; }
+/* Gradio's own timer there restarts at every preview; the progress text carries the real time. */
+#petlens-ideal .progress-text { display: none; }
+"""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -114,6 +120,20 @@ def _photo(upload: Any, *, min_side: int) -> Image.Image:
 def _as_label(top: Sequence[tuple[str, float]]) -> dict[str, float]:
     """``[(label, prob), ...]`` -> the ``{label: prob}`` that ``gr.Label`` shows."""
     return {label: float(prob) for label, prob in top}
+
+
+def _label_value(found) -> dict:
+    """``gr.Label``'s own value (``{"label", "confidences"}``) for an assessment: the big
+    label is the top class, or "Not a cat or a dog?" when the verdict is "not a pet", so the
+    page never shows "dog" in large letters over a warning. The page only: ``/classify``
+    keeps returning the plain top class."""
+    big = found.top[0][0] if found.is_pet is not False else f"Not {describe_labels(found.labels)}?"
+    return {"label": big, "confidences": [{"label": label, "confidence": float(prob)} for label, prob in found.top]}
+
+
+def _refusal(exc: gr.Error) -> str:
+    """A refused upload as the Markdown shown in place of the result."""
+    return f"⚠️ **{exc.title or 'Unusable photo'}.** {exc.message}"
 
 
 def _save_png(image: Image.Image, name: str) -> str:
@@ -171,13 +191,50 @@ def classify(image: Any, *, classifier, top_k: int = 3) -> dict[str, float] | No
     return _as_label(classifier.predict(_photo(image, min_side=256), top_k=top_k))
 
 
-def classify_with_verdict(image: Any, *, classifier, names: str = "these labels", top_k: int = 3) -> tuple[dict[str, float] | None, str]:
-    """Classify tab: :func:`classify`'s probabilities plus the "is it a pet?" verdict in
-    Markdown ("" when it is one), from one run of the model (``Classifier.assess``)."""
+# Page handlers: what a new photo does to its tab. They run on the photo's change event,
+# which gradio fires more than once for one upload, so they are idempotent and answer a
+# refused file in place (one message, the photo and the last result cleared) instead of
+# raising, which would stack one error toast per firing. They return values already in
+# the components' wire format (the events run with postprocess=False); ``gr.skip()``
+# leaves a component as it is (the photo input they got, or a refusal already shown).
+
+
+def classify_page(image: Any, *, classifier, top_k: int = 3) -> tuple:
+    """Classify tab: (label, photo, note) for a new photo, a refused one or none."""
+    if image is None:  # removed, or cleared by a refusal: keep the refusal's note
+        return {}, gr.skip(), gr.skip()
+    try:
+        photo = _photo(image, min_side=256)
+    except gr.Error as exc:
+        return {}, None, _refusal(exc)
+    found = classifier.assess(photo, top_k=top_k)
+    return _label_value(found), gr.skip(), _verdict(found, english_list(found.labels, "and"))
+
+
+def fool_page(image: Any, *, classifier, top_k: int = 3) -> tuple:
+    """Fool me tab: (before, photo, adversarial, after, summary, download) for a new photo:
+    its label, and the last photo's adversarial result cleared."""
+    cleared = (None, {}, gr.skip() if image is None else "", None)
     if image is None:
-        return None, ""
-    found = classifier.assess(_photo(image, min_side=256), top_k=top_k)
-    return _as_label(found.top), _verdict(found, names)
+        return {}, gr.skip(), *cleared
+    try:
+        photo = _photo(image, min_side=256)
+    except gr.Error as exc:
+        return {}, None, None, {}, _refusal(exc), None
+    return _label_value(classifier.assess(photo, top_k=top_k)), gr.skip(), *cleared
+
+
+def inside_page(image: Any) -> tuple:
+    """Inside the network tab: (photo, overlay, verdict, *grids) for a new photo: the last
+    photo's explanation cleared, a refused file answered in place."""
+    grids = (None,) * len(DEPTHS)
+    if image is None:
+        return gr.skip(), None, gr.skip(), *grids
+    try:
+        _photo(image, min_side=256)
+    except gr.Error as exc:
+        return None, None, _refusal(exc), *grids
+    return gr.skip(), None, "", *grids
 
 
 def assess(image: Any, *, classifier, top_k: int = 3) -> dict[str, Any]:
@@ -301,13 +358,15 @@ def ideal(
         finally:
             updates.put(done)
 
+    start = time.perf_counter()
     progress(0, desc=f"Dreaming up the ideal {label}")
     worker = threading.Thread(target=work, name="petlens-ideal", daemon=True)
     worker.start()
     try:
         while (item := updates.get()) is not done:
             step, total, preview = item
-            progress((step, total), desc=f"Dreaming up the ideal {label}")
+            progress((step, total), desc=f"Dreaming up the ideal {label}: step {step}/{total}, "
+                                        f"{time.perf_counter() - start:.0f} s")
             if preview is not None:
                 yield preview, None
     finally:  # also when gradio closes the generator because the visitor left
@@ -400,29 +459,31 @@ def build_demo(
 
         with gr.Tab("Classify"):
             ood = getattr(classifier, "ood_threshold", None) is not None
-            gr.Markdown(CLASSIFY_HELP.format(labels=names, ood=CLASSIFY_OOD_HELP if ood else ""),
-                        elem_classes="petlens-help")
+            ood_help = CLASSIFY_OOD_HELP.format(what=describe_labels(labels)) if ood else CLASSIFY_NO_OOD_HELP
+            gr.Markdown(CLASSIFY_HELP.format(labels=names, ood=ood_help), elem_classes="petlens-help")
             with gr.Row():
                 with gr.Column():
-                    photo = gr.Image(label="Your photo", sources=["upload", "webcam", "clipboard"], type="filepath")
+                    photo = gr.Image(label="Your photo", sources=["upload", "webcam", "clipboard"], type="filepath",
+                                     elem_id="petlens-classify-photo")
                 with gr.Column():
-                    top = gr.Label(label="What the network says", num_top_classes=3)
+                    top = gr.Label(label="What the network says", num_top_classes=3, elem_id="petlens-classify-label")
                     not_a_pet = gr.Markdown(show_label=False)
-            # The verdict goes through a State: gradio_client leaves State outputs out, so the
-            # /classify API still returns the gr.Label value alone, as it always has, while
-            # the page shows the verdict from the same run of the model.
-            verdict = gr.State("")
             if photos:
                 gr.Examples(photos, inputs=photo, label="Or try one of these")
-            photo.change(
-                _bind(classify_with_verdict, classifier=classifier, names=names), photo, [top, verdict],
-                api_name="classify", preprocess=False, concurrency_limit=classify_concurrency,
-                concurrency_id="classify", show_progress="minimal",
-            ).then(lambda text: text, verdict, not_a_pet, api_visibility="private", show_progress="hidden")
-            # A new photo (or a refused one) must not keep the last photo's warning: clear it in
-            # the browser at once, no server round trip.
-            photo.change(None, None, not_a_pet, js="() => ''", api_visibility="private", queue=False)
+            page = dict(api_visibility="private", preprocess=False, postprocess=False,
+                        concurrency_limit=classify_concurrency, concurrency_id="classify")
+            photo.change(_bind(classify_page, classifier=classifier), photo, [top, photo, not_a_pet],
+                         show_progress="minimal", **page)
+            # Removing the photo removes its warning (or refusal), in the browser at once.
+            photo.clear(None, None, not_a_pet, js="() => ''", api_visibility="private", queue=False)
 
+            def classify_api(image: FileData) -> dict:
+                """The top-3 labels of a photo, as gr.Label's value: {"label", "confidences"}."""
+                probs = classify(image, classifier=classifier) or {}
+                return {"label": max(probs, key=probs.get) if probs else None,
+                        "confidences": [{"label": label, "confidence": p} for label, p in probs.items()]}
+
+            gr.api(classify_api, api_name="classify", concurrency_limit=classify_concurrency, concurrency_id="classify")
             def assess_api(image: FileData) -> dict:
                 """Top-3 labels and whether the photo looks like a pet at all (the model's
                 out-of-distribution verdict): {"top", "is_pet", "score", "threshold", "message"}."""
@@ -434,8 +495,9 @@ def build_demo(
             gr.Markdown(FOOL_HELP, elem_classes="petlens-help")
             with gr.Row():
                 with gr.Column():
-                    fool_in = gr.Image(label="Original (upload a photo)", sources=["upload", "webcam", "clipboard"], type="filepath")
-                    fool_before = gr.Label(label="The network says", num_top_classes=3)
+                    fool_in = gr.Image(label="Original (upload a photo)", sources=["upload", "webcam", "clipboard"], type="filepath",
+                                       elem_id="petlens-fool-photo")
+                    fool_before = gr.Label(label="The network says", num_top_classes=3, elem_id="petlens-fool-before")
                 with gr.Column():
                     fool_out = gr.Image(label="Adversarial", format="png", interactive=False)
                     fool_after = gr.Label(label="Now the network says", num_top_classes=3)
@@ -450,11 +512,10 @@ def build_demo(
             if photos:
                 gr.Examples(photos, inputs=fool_in, label="Example photos")
             # The "before" label as soon as a photo is in: the visitor sees what they start from.
-            fool_in.change(
-                _bind(classify, classifier=classifier), fool_in, fool_before, api_visibility="private",
-                preprocess=False, concurrency_limit=classify_concurrency, concurrency_id="classify",
-                show_progress="minimal",
-            )
+            fool_in.change(_bind(fool_page, classifier=classifier), fool_in,
+                           [fool_before, fool_in, fool_out, fool_after, fool_summary, fool_file],
+                           show_progress="minimal", **page)
+            fool_in.clear(None, None, fool_summary, js="() => ''", api_visibility="private", queue=False)
             fool_btn.click(
                 _bind(fool_me, classifier=classifier, model=model, labels=labels, steps=fool_steps),
                 [fool_in, target, strength, robust], [fool_out, fool_before, fool_after, fool_summary, fool_file],
@@ -470,7 +531,8 @@ def build_demo(
                     ideal_btn = gr.Button("Dream it up", variant="primary")
                     ideal_file = gr.DownloadButton("Download the PNG")
                 with gr.Column(scale=2):
-                    ideal_out = gr.Image(label="The network's ideal", format="png", interactive=False, height=448)
+                    ideal_out = gr.Image(label="The network's ideal", format="png", interactive=False, height=448,
+                                         elem_id="petlens-ideal")
             ideal_btn.click(
                 _bind(ideal, model=model, labels=labels, steps=ideal_steps, size=ideal_size),
                 [ideal_label, seed], [ideal_out, ideal_file], api_name="ideal",
@@ -489,9 +551,18 @@ def build_demo(
                     overlay = gr.Image(label="Grad-CAM: where the evidence is", format="png", interactive=False)
                     verdict = gr.Markdown(label="verdict", show_label=False)
             with gr.Row():
-                grids = [gr.Image(label=text, format="png", interactive=False) for text in DEPTHS.values()]
+                grids = []
+                for text in DEPTHS.values():
+                    with gr.Column(min_width=160):
+                        # A caption above the grid: the image's own label badge and buttons
+                        # would cover its first row of tiles.
+                        gr.Markdown(f"**{text}**")
+                        grids.append(gr.Image(label=text, show_label=False, buttons=[], format="png",
+                                              interactive=False))
             if photos:
                 gr.Examples(photos, inputs=inside_in, label="Example photos")
+            inside_in.change(inside_page, inside_in, [inside_in, overlay, verdict, *grids], **page)
+            inside_in.clear(None, None, verdict, js="() => ''", api_visibility="private", queue=False)
             inside_btn.click(
                 _bind(explain_photo, model=model, labels=labels),
                 [inside_in, inside_label], [overlay, verdict, *grids],

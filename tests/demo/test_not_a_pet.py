@@ -1,6 +1,6 @@
 """The Classify tab's "that's not a pet" verdict on a model with an out-of-distribution score
 (``tiny_ood_onnx``): through the ``/assess`` API with gradio_client and through the tab's
-function; ``/classify`` keeps returning the plain gr.Label value."""
+page handler; ``/classify`` keeps returning the plain gr.Label value."""
 
 from __future__ import annotations
 
@@ -60,13 +60,18 @@ def test_classify_api_still_returns_the_label_alone(ood_client, images):
     assert isinstance(result, dict) and result["label"] in LABELS  # no verdict tuple for old clients
 
 
-def test_the_tab_shows_the_verdict_under_the_label(ood_models, images, demo_models):
-    from demo.app import classify_with_verdict
+def test_the_tab_shows_the_verdict_and_no_big_label_for_a_non_pet(ood_models, images, demo_models):
+    from demo.app import classify_page
 
     ood_clf = ood_models[0]
-    label, verdict = classify_with_verdict(images["stripes"], classifier=ood_clf, names="cat and dog")
-    assert NOT_A_PET in verdict and max(label, key=label.get) in verdict
-    assert classify_with_verdict(images["cat"], classifier=ood_clf)[1] == ""
+    label, _, note = classify_page(images["stripes"], classifier=ood_clf)
+    closest = label["confidences"][0]["label"]
+    assert NOT_A_PET in note and f"guess: {closest}" in note
+    # The big label does not read "dog" over the warning; the probabilities stay.
+    assert label["label"] == "Not a cat or a dog?" and closest in LABELS
+    assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
+    label, _, note = classify_page(images["cat"], classifier=ood_clf)
+    assert note == "" and label["label"] == "cat"
     # A model without an OOD score never warns, whatever the photo.
-    assert classify_with_verdict(images["stripes"], classifier=demo_models[0])[1] == ""
-    assert classify_with_verdict(None, classifier=ood_clf) == (None, "")
+    label, _, note = classify_page(images["stripes"], classifier=demo_models[0])
+    assert note == "" and label["label"] in LABELS
