@@ -484,6 +484,7 @@ def build_demo(
                         "confidences": [{"label": label, "confidence": p} for label, p in probs.items()]}
 
             gr.api(classify_api, api_name="classify", concurrency_limit=classify_concurrency, concurrency_id="classify")
+
             def assess_api(image: FileData) -> dict:
                 """Top-3 labels and whether the photo looks like a pet at all (the model's
                 out-of-distribution verdict): {"top", "is_pet", "score", "threshold", "message"}."""

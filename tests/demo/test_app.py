@@ -127,3 +127,23 @@ def test_build_demo_refuses_mismatched_labels(demo_models):
     classifier, model, _ = demo_models
     with pytest.raises(ValueError, match="labels"):
         build_demo(classifier, model, ["dog", "cat"])
+
+
+def test_page_handlers_answer_a_refused_file_in_place_and_clear_the_last_result(demo_models, photos, hostile):
+    """What the Fool me and Inside tabs do when a new photo lands: the old result goes, a
+    refused file clears the input and says why (no exception: that would be a toast per
+    firing of gradio's change event)."""
+    import gradio as gr
+
+    from demo.app import fool_page, inside_page
+
+    classifier = demo_models[0]
+    bad, word = hostile["non-image"]
+    before, photo, adv, after, summary, download = fool_page(str(bad), classifier=classifier)
+    assert (before, photo, adv, after, download) == ({}, None, None, {}, None) and word in summary
+    before, photo, adv, after, summary, download = fool_page(str(photos["dog"]), classifier=classifier)
+    assert before["label"] == "dog" and photo == gr.skip() and adv is None and summary == ""
+    photo, overlay, verdict, *grids = inside_page(str(bad))
+    assert photo is None and overlay is None and word in verdict and grids == [None, None, None]
+    photo, overlay, verdict, *grids = inside_page(str(photos["cat"]))
+    assert overlay is None and verdict == "" and grids == [None, None, None]
