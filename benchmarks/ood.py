@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from training.ood import (
+    MAX_BANK,
     REFERENCE_KEYS,
     OODScorer,
     ScoreFeatures,
@@ -210,7 +211,7 @@ def held_out_clusters(tr, ytr, va, od, labels: list[str], k_clusters: int, targe
     out = {"clusters": k_clusters, "banks": {}}
     probe = {c: probe_accuracy(tr[assign != c], ytr[assign != c], tr[assign == c], ytr[assign == c])
              for c in range(k_clusters)}
-    for bank in sorted({1024, len(tr)}):  # fit_ood's default bank, and every photo
+    for bank in sorted({MAX_BANK, len(tr)}):  # the shipped bank size, and every photo
         rows = []
         for c in range(k_clusters):
             held = assign == c

@@ -122,13 +122,18 @@ def _as_label(top: Sequence[tuple[str, float]]) -> dict[str, float]:
     return {label: float(prob) for label, prob in top}
 
 
+def _label_data(top: Sequence[tuple[str, float]], big: str | None = None) -> dict:
+    """``gr.Label``'s wire value ``{"label", "confidences"}``; ``big`` (default: the top
+    class) is the large text above the bars."""
+    big = big if big is not None else (top[0][0] if top else None)
+    return {"label": big, "confidences": [{"label": label, "confidence": float(prob)} for label, prob in top]}
+
+
 def _label_value(found) -> dict:
-    """``gr.Label``'s own value (``{"label", "confidences"}``) for an assessment: the big
-    label is the top class, or "Not a cat or a dog?" when the verdict is "not a pet", so the
-    page never shows "dog" in large letters over a warning. The page only: ``/classify``
-    keeps returning the plain top class."""
-    big = found.top[0][0] if found.is_pet is not False else f"Not {describe_labels(found.labels)}?"
-    return {"label": big, "confidences": [{"label": label, "confidence": float(prob)} for label, prob in found.top]}
+    """The page's label for an assessment: the big text is the top class, or "Not a cat or a
+    dog?" when the verdict is "not a pet", so the page never shows "dog" in large letters
+    over a warning. The page only: ``/classify`` keeps returning the plain top class."""
+    return _label_data(found.top, None if found.is_pet is not False else f"Not {describe_labels(found.labels)}?")
 
 
 def _refusal(exc: gr.Error) -> str:
@@ -479,9 +484,7 @@ def build_demo(
 
             def classify_api(image: FileData) -> dict:
                 """The top-3 labels of a photo, as gr.Label's value: {"label", "confidences"}."""
-                probs = classify(image, classifier=classifier) or {}
-                return {"label": max(probs, key=probs.get) if probs else None,
-                        "confidences": [{"label": label, "confidence": p} for label, p in probs.items()]}
+                return _label_data(list((classify(image, classifier=classifier) or {}).items()))
 
             gr.api(classify_api, api_name="classify", concurrency_limit=classify_concurrency, concurrency_id="classify")
 

@@ -65,6 +65,7 @@ from torch import nn
 FORMAT = "petlens-ood/2"  # /2 added the optional reference blocks
 READABLE_FORMATS = ("petlens-ood/1", FORMAT)
 METHODS = ("knn", "mahalanobis", "energy", "msp")
+MAX_BANK = 1024  # kNN: training features kept for the score (class-balanced)
 
 
 def _check_features(name: str, x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -125,7 +126,7 @@ def fit_ood(
     method: str = "knn",
     val_logits: torch.Tensor | None = None,
     k: int = 10,
-    max_bank: int = 1024,
+    max_bank: int = MAX_BANK,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Fit an OOD scorer on penultimate features and calibrate its threshold.
