@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from training.images import ImageError
-from training.labels import english_list
+from training.labels import describe_labels, english_list
+from training.verdict import UNSURE
 
 from . import work
 from .config import DEFAULT_CHECKPOINT, STRENGTHS, Limits, Settings
@@ -297,6 +298,10 @@ class Handlers:
         def render(found, up: Upload | None) -> Reply:
             if (warning := found.message()) is None:
                 return Reply(True, top_k_text(found.top), title=f"I see a {found.top[0][0]}")
+            if found.verdict == UNSURE:  # an answer with a caveat: an unusual pet, or another animal
+                text = (f"{warning}: maybe a breed or a setting it has seen few of, or maybe not "
+                        f"{describe_labels(self.labels)} at all.\n{top_k_text(found.top)}")
+                return Reply(True, text, title=f"Probably a {found.top[0][0]}")
             # Still show the bars: the closest guess is part of the lesson (a cats-vs-dogs
             # network calls a car a cat or a dog, often at 99%).
             text = (f"{warning}\n{top_k_text(found.top)}\n"
@@ -327,6 +332,10 @@ class Handlers:
             if out.success:
                 verdict = f"The network now says **{out.after[0]}** ({out.after[1]:.1%}), and a pet."
                 check = "The verdict is the ONNX model's, on this very PNG: save it and try /classify."
+            elif out.after[0] == out.target and out.verdict == UNSURE:  # /classify would add a caveat
+                verdict = (f"Not quite fooled: it says **{out.after[0]}** ({out.after[1]:.1%}), but /classify "
+                           "would add that the photo is unlike the ones it learned from. Try `strength: strong`.")
+                check = "The verdict is the ONNX model's, on this very PNG."
             elif out.after[0] == out.target:  # the label moved, but /classify would say "not a pet"
                 verdict = (f"Not fooled this time: it says **{out.after[0]}**, but no longer takes the photo "
                            "for a pet. Try `strength: strong`.")

@@ -128,6 +128,7 @@ class FoolOutput:
     seconds: float
     size: tuple[int, int]
     is_pet: bool | None = None  # the same run's "is it a pet?" verdict on that PNG (None: not judged)
+    verdict: str | None = None  # "pet", "unsure" or "not_pet" (training.verdict); None: not judged
 
     @property
     def success(self) -> bool:
@@ -159,7 +160,7 @@ def fool_me(model_path: str, checkpoint: str, data: bytes, target: str | None, e
     after = verdict.top[0]
     return FoolOutput(png=png, target=target, before=before, after=(after[0], float(after[1])),
                       linf=float(result.linf), steps=int(result.steps), seconds=float(result.seconds),
-                      size=result.image.size, is_pet=verdict.is_pet)
+                      size=result.image.size, is_pet=verdict.is_pet, verdict=verdict.verdict)
 
 
 @dataclass

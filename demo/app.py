@@ -37,6 +37,7 @@ from PIL import Image
 
 from training.images import MAX_BYTES, ImageError, load_image
 from training.labels import describe_labels, english_list
+from training.verdict import NOT_PET, UNSURE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path("models/catsdogs.onnx")
@@ -63,7 +64,8 @@ on the short side, looks at the central 224×224 square and gives a probability 
 It only knows {labels}, so it always picks one of them. {ood}
 """
 CLASSIFY_OOD_HELP = """It also compares your photo with the ones it learned from: a coffee cup gets
-"Not {what}?" and its closest guess, not a confident label."""
+"Not {what}?" and its closest guess, not a confident label, and a photo only partly like them (a
+rare breed, or another furry animal) gets "Probably a …" with a caveat."""
 CLASSIFY_NO_OOD_HELP = "A coffee cup gets a confident answer too: this model cannot tell it knows nothing about it."
 FOOL_HELP = """\
 **An adversarial example.** Upload a photo and pick the label the network should see. Each
@@ -130,10 +132,13 @@ def _label_data(top: Sequence[tuple[str, float]], big: str | None = None) -> dic
 
 
 def _label_value(found) -> dict:
-    """The page's label for an assessment: the big text is the top class, or "Not a cat or a
-    dog?" when the verdict is "not a pet", so the page never shows "dog" in large letters
-    over a warning. The page only: ``/classify`` keeps returning the plain top class."""
-    return _label_data(found.top, None if found.is_pet is not False else f"Not {describe_labels(found.labels)}?")
+    """The page's label for an assessment: the big text is the top class, "Probably a dog"
+    when the verdict is unsure, or "Not a cat or a dog?" when it is "not a pet", so the page
+    never shows "dog" in large letters over a warning. The page only: ``/classify`` keeps
+    returning the plain top class."""
+    big = {UNSURE: f"Probably {describe_labels([found.top[0][0]])}",
+           NOT_PET: f"Not {describe_labels(found.labels)}?"}.get(found.verdict)
+    return _label_data(found.top, big)
 
 
 def _refusal(exc: gr.Error) -> str:
@@ -182,6 +187,9 @@ def _verdict(found, names: str) -> str:
     message = found.message()
     if message is None:
         return ""
+    if found.verdict == UNSURE:
+        return (f"🤔 **{message}.**  \nMaybe a breed or a setting it has seen few of, or maybe not "
+                f"{describe_labels(found.labels)} at all.")
     return (f"⚠️ **{message}**  \nThe network only knows {names}, so it always picks one of them; "
             "but this photo is unlike every photo it learned from.")
 
@@ -243,12 +251,14 @@ def inside_page(image: Any) -> tuple:
 
 
 def assess(image: Any, *, classifier, top_k: int = 3) -> dict[str, Any]:
-    """The ``/assess`` API: ``{"top": [[label, prob], ...], "is_pet": bool | None, "score",
-    "threshold", "message"}`` (``is_pet``/``score``/``threshold`` None for a model without
-    an OOD score; ``message`` the "doesn't look like a cat or a dog" warning or None)."""
+    """The ``/assess`` API: ``{"top": [[label, prob], ...], "is_pet": bool | None, "verdict",
+    "score", "threshold", "refuse_threshold", "message"}`` (``verdict`` "pet", "unsure" or
+    "not_pet", :mod:`training.verdict`; ``is_pet`` True for "pet" alone; these and the scores
+    None for a model without an OOD score; ``message`` the caveat or warning, or None)."""
     found = classifier.assess(_photo(image, min_side=256), top_k=top_k)
-    return {"top": [[label, prob] for label, prob in found.top], "is_pet": found.is_pet, "score": found.score,
-            "threshold": found.threshold, "message": found.message()}
+    return {"top": [[label, prob] for label, prob in found.top], "is_pet": found.is_pet, "verdict": found.verdict,
+            "score": found.score, "threshold": found.threshold, "refuse_threshold": found.refuse_threshold,
+            "message": found.message()}
 
 
 def fool_me(
@@ -295,6 +305,9 @@ def fool_me(
     if said == target and judged.is_pet is not False:
         verdict = (f"**Fooled.** The network now says **{said}** ({after[said]:.0%}) and takes it for a pet: "
                    "download it and try it in Classify.")
+    elif said == target and judged.verdict == UNSURE:
+        verdict = (f"**Not quite fooled:** it says **{said}** ({after[said]:.0%}), but Classify would add that "
+                   "the photo is unlike the ones it learned from. Try a higher strength.")
     elif said == target:
         verdict = (f"**Not fooled this time:** it says **{said}**, but no longer takes the photo for a pet. "
                    "Try a higher strength.")
@@ -490,7 +503,8 @@ def build_demo(
 
             def assess_api(image: FileData) -> dict:
                 """Top-3 labels and whether the photo looks like a pet at all (the model's
-                out-of-distribution verdict): {"top", "is_pet", "score", "threshold", "message"}."""
+                out-of-distribution verdict): {"top", "is_pet", "verdict", "score", "threshold",
+                "refuse_threshold", "message"}."""
                 return assess(image, classifier=classifier)
 
             gr.api(assess_api, api_name="assess", concurrency_limit=classify_concurrency, concurrency_id="classify")

@@ -26,6 +26,7 @@ import numpy as np
 from training.images import ImageError, ImageSource, load_image
 from training.labels import describe_labels
 from training.presets import CROP_SIZE, preprocess, resize_size_for
+from training.verdict import NOT_PET, PET, UNSURE, verdict
 
 from .backend import Backend, ModelError
 from .onnx_backend import CPU, CUDA, TENSORRT, OnnxBackend, cuda_device_count, default_providers, default_threads, session_options
@@ -52,7 +53,7 @@ class Classifier:
     ``image_size``, ``resize_size``, ``providers`` (where the model actually runs),
     ``backend`` (an :class:`~export.onnx_backend.OnnxBackend` or
     :class:`~export.triton_client.TritonBackend`), ``path`` (the file or URL it came from),
-    ``ood_threshold``.
+    ``ood_threshold`` and ``ood_refuse_threshold`` (:mod:`training.verdict`).
     """
 
     def __init__(self, backend: Backend, path: str | Path | None = None):
@@ -68,6 +69,9 @@ class Classifier:
         self.image_size = int(self.metadata.get("image_size") or backend.input_shape[-1] or CROP_SIZE)
         self.resize_size = int(self.metadata.get("resize_size") or resize_size_for(self.image_size))
         self.ood_threshold = _ood_threshold(self.metadata) if "ood_score" in outputs else None
+        self.ood_refuse_threshold = _ood_threshold(self.metadata, "refuse_threshold") if self.ood_threshold is not None else None
+        if self.ood_refuse_threshold is not None:
+            self.ood_refuse_threshold = max(self.ood_refuse_threshold, self.ood_threshold)
 
     @classmethod
     def load(
@@ -157,10 +161,12 @@ class Classifier:
     def assess(self, image: ImageSource, top_k: int = 3) -> Assessment:
         """:meth:`predict` plus the out-of-distribution verdict, from one model run.
 
-        ``is_pet`` is False when the photo looks unlike every training photo (score above
-        the threshold calibrated at export time to accept ~95% of real pets); for a model
-        exported without OOD statistics ``score``/``threshold``/``is_pet`` are None and the
-        photo is treated as a pet. Unusable input raises an ``ImageError``."""
+        ``verdict`` is ``"pet"`` (score under the threshold calibrated to give ~95% of real pets
+        the plain answer), ``"unsure"`` (under the second one, ~98%: probably a pet, but unlike
+        the training photos) or ``"not_pet"`` (:mod:`training.verdict`); ``is_pet`` is True for
+        ``"pet"`` alone. For a model exported without OOD statistics ``score``/``threshold``/
+        ``is_pet``/``verdict`` are None and the photo is treated as a pet. Unusable input
+        raises an ``ImageError``."""
         top_k = self._check_top_k(top_k)
         batch = self.preprocess(image)[None]
         threshold = self.ood_threshold
@@ -170,16 +176,17 @@ class Classifier:
             out, scores = self.backend.run([self.output, "ood_score"], batch)
             probs, score = self._probs(out)[0], float(scores.reshape(-1)[0])
             is_pet = bool(score <= threshold)
-        return Assessment(self._top(probs, top_k), score, threshold, is_pet, tuple(self.labels))
+        return Assessment(self._top(probs, top_k), score, threshold, is_pet, tuple(self.labels),
+                          self.ood_refuse_threshold if threshold is not None else None)
 
     def __repr__(self) -> str:
         return f"Classifier({self.path}, labels={self.labels}, providers={self.providers})"
 
 
-def _ood_threshold(metadata: dict[str, str]) -> float | None:
-    """The calibrated "is it a pet?" threshold from the metadata, or None."""
+def _ood_threshold(metadata: dict[str, str], key: str = "threshold") -> float | None:
+    """A calibrated "is it a pet?" threshold (``key``) from the metadata, or None."""
     try:
-        return float(json.loads(metadata["ood"])["threshold"])
+        return float(json.loads(metadata["ood"])[key])
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -188,24 +195,45 @@ def _ood_threshold(metadata: dict[str, str]) -> float | None:
 class Assessment:
     """What :meth:`Classifier.assess` found: ``top`` = ``[(label, prob), ...]``; ``score``
     (higher = less like the training photos), ``threshold`` and ``is_pet`` are None when the
-    model carries no OOD score. ``labels``: every label the model knows (for the wording)."""
+    model carries no OOD score. ``labels``: every label the model knows (for the wording).
+    ``refuse_threshold``: above it "not a pet", between the two "unsure" (None: a model
+    calibrated before the middle answer, which answers "pet" or "not a pet")."""
 
     top: list[tuple[str, float]]
     score: float | None
     threshold: float | None
     is_pet: bool | None
     labels: tuple[str, ...] = ()
+    refuse_threshold: float | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        """``"pet"``, ``"unsure"``, ``"not_pet"`` (:mod:`training.verdict`), or None without a score."""
+        if self.score is None or self.threshold is None:
+            return None
+        return verdict(self.score, self.threshold, self.refuse_threshold)
 
     @property
     def looks_like_training_data(self) -> bool:
         return self.is_pet is not False
 
     def message(self, describe: str | None = None) -> str | None:
-        """The user-facing warning for an out-of-distribution photo, else None: "This doesn't
-        look like a cat or a dog — closest guess: dog 61%". ``describe`` overrides what the
-        model knows (default: :func:`describe_labels` of ``labels``)."""
-        if self.is_pet is not False:
+        """The user-facing caveat, else None (a pet, or a model without a score):
+        "This doesn't look like a cat or a dog — closest guess: dog 61%" for ``"not_pet"``,
+        "Probably a dog (92%), but this photo is unlike the ones I learned from" for
+        ``"unsure"``. ``describe`` overrides what the model knows (default:
+        :func:`describe_labels` of ``labels``)."""
+        found = self.verdict
+        if found in (None, PET):
             return None
         label, prob = self.top[0]
+        if found == UNSURE:
+            return f"Probably {_article(label)} ({prob:.0%}), but this photo is unlike the ones I learned from"
+        assert found == NOT_PET
         describe = describe or describe_labels(self.labels)
         return f"This doesn't look like {describe} — closest guess: {label} {prob:.0%}"
+
+
+def _article(label: str) -> str:
+    """``"dog"`` -> ``"a dog"``, ``"Abyssinian"`` -> ``"an Abyssinian"``, as in :func:`describe_labels`."""
+    return describe_labels([label])

@@ -191,3 +191,25 @@ def run_tool(entry, argv, capsys) -> tuple[int, str, str]:
         assert "Traceback" not in err, err
         assert err.strip().splitlines()[-1].startswith(("error: ", "usage: ")) or ": error: " in err, err
     return code, out, err
+
+
+def with_ood_thresholds(src: Path, dst: Path, threshold: float, refuse_threshold: float | None) -> Path:
+    """A copy of the exported model ``src`` calibrated differently: its metadata ``ood`` gets
+    these thresholds (``refuse_threshold`` None: a model from before the middle answer). The
+    graph is untouched, so scores are real; only the verdict's cut-offs move, which lets a
+    test put a given photo in the "pet", "unsure" or "not_pet" band (training.verdict)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(src))
+    props = {p.key: p for p in model.metadata_props}
+    meta = json.loads(props["ood"].value)
+    meta["threshold"] = threshold
+    if refuse_threshold is None:
+        meta.pop("refuse_threshold", None)
+    else:
+        meta["refuse_threshold"] = refuse_threshold
+    props["ood"].value = json.dumps(meta)
+    onnx.save(model, str(dst))
+    return dst

@@ -37,6 +37,7 @@ from .images import load_image
 from .jpeg import jpeg
 from .ood import ClassifierWithOOD, OODScorer
 from .presets import CROP_SIZE, crop_box, preprocess, resize_size_for
+from .verdict import verdict
 
 MAX_SIDE = 1024  # longest side fool() works at; larger uploads are downscaled first
 EPS_MIN, EPS_MAX = 1 / 255, 32 / 255  # below one grey level nothing survives 8-bit rounding
@@ -221,6 +222,7 @@ class Verdict:
     prob: float
     ood_score: float | None = None
     is_pet: bool | None = None
+    pet_verdict: str | None = None  # "pet", "unsure" or "not_pet" (training.verdict); None: not judged
 
     def fooled(self, target: str) -> bool:
         """The whole verdict ``/classify`` gives: the target label, and a pet (when judged)."""
@@ -378,7 +380,7 @@ def fool(
             else:
                 score = float(scores[i])
                 out.append(Verdict(labels[int(probs[i].argmax())], float(probs[i].max()), score,
-                                   score <= scorer.threshold))
+                                   score <= scorer.threshold, verdict(score, scorer.threshold, scorer.refuse_threshold)))
                 # The pet part counts in the same units as the attack's competitor.
                 slack.append(min(label_margin, margin + PET_WEIGHT * (scorer.threshold - score)))
         return out, slack

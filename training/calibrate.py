@@ -5,11 +5,12 @@ checkpoint that already exists (trained before OOD statistics existed, or to rec
 on other photos)::
 
     python -m training.calibrate --checkpoint RUN/model.pt --data DIR \\
-        [--weights imagenet|PATH] [--target-tpr 0.95]
+        [--weights imagenet|PATH] [--target-tpr 0.95] [--refuse-tpr 0.98]
 
 The features are pooled penultimate features under the *eval* preprocessing (never
 augmented), of the training photos (the kNN bank) and of the validation photos (only to
-place the threshold so ``target_tpr`` of real pets pass). With ``--weights`` (the weights the
+place the thresholds: ``target_tpr`` of real pets get the plain answer, ``refuse_tpr`` are not
+refused, and the rest in between get "probably a dog, but unlike my photos"). With ``--weights`` (the weights the
 model was fine-tuned from, as given to ``python -m training``) they are those pretrained
 blocks' features wherever fine-tuning changed the backbone (:func:`training.ood.reference_state`),
 which tell a horse from a dog far better; without it, the model's own.
@@ -31,11 +32,11 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .cli import add_model, fraction, make_parser, positive, run
+from .cli import UsageError, add_model, fraction, make_parser, positive, run
 from .data import DatasetError, ImageDataset, Sample, find_dataset
 from .engine import extract_features
 from .model import build_model
-from .ood import ScoreFeatures, fit_ood, ood_summary, reference_state
+from .ood import REFUSE_TPR, TARGET_TPR, ScoreFeatures, fit_ood, ood_summary, reference_state
 from .presets import EvalPreset
 
 
@@ -58,8 +59,8 @@ def embed_samples(model, samples: Sequence[Sample], *, batch_size: int = 32, wor
         model.train(was_training)
 
 
-def fit_model_ood(model, train: Sequence[Sample], val: Sequence[Sample], *, target_tpr: float = 0.95,
-                  batch_size: int = 32, workers: int = 0,
+def fit_model_ood(model, train: Sequence[Sample], val: Sequence[Sample], *, target_tpr: float = TARGET_TPR,
+                  refuse_tpr: float | None = REFUSE_TPR, batch_size: int = 32, workers: int = 0,
                   pretrained: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Embed ``train`` and ``val`` and fit :func:`training.ood.fit_ood`.
 
@@ -70,7 +71,7 @@ def fit_model_ood(model, train: Sequence[Sample], val: Sequence[Sample], *, targ
     reference = reference_state(model.trunk, pretrained) if pretrained is not None else {}
     train_f, train_y = embed_samples(model, train, batch_size=batch_size, workers=workers, reference=reference)
     val_f, _ = embed_samples(model, val, batch_size=batch_size, workers=workers, reference=reference)
-    return fit_ood(train_f, train_y, val_f, target_tpr=target_tpr) | reference
+    return fit_ood(train_f, train_y, val_f, target_tpr=target_tpr, refuse_tpr=refuse_tpr) | reference
 
 
 def pretrained_trunk_state(arch: str, num_classes: int, weights: str | Path) -> dict[str, torch.Tensor]:
@@ -90,7 +91,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="the weights the model was fine-tuned from (as given to `python -m training`): the "
                         "score then reads those pretrained features where fine-tuning changed the backbone, "
                         "which separates other animals from pets far better (recommended)")
-    p.add_argument("--target-tpr", type=fraction, default=0.95, help="share of real validation pets to accept (default 0.95)")
+    p.add_argument("--target-tpr", type=fraction, default=TARGET_TPR,
+                   help=f"share of real validation pets given the plain answer (default {TARGET_TPR})")
+    p.add_argument("--refuse-tpr", type=fraction, default=REFUSE_TPR,
+                   help=f"share of real validation pets not refused as 'not a pet'; those between the two get "
+                        f"'probably a dog, but unlike my photos' (default {REFUSE_TPR}; at least --target-tpr)")
     p.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction when DIR has no val/ split")
     p.add_argument("--seed", type=int, default=0, help="seed of that split (use the training run's)")
     p.add_argument("--batch-size", type=positive(int), default=32, help="images per batch")
@@ -107,7 +112,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     pretrained = None
     if args.weights is not None:
         pretrained = pretrained_trunk_state(ckpt["config"]["arch"], len(labels), args.weights)
-    state = fit_model_ood(model, splits.train, splits.val, target_tpr=args.target_tpr,
+    if args.refuse_tpr < args.target_tpr:
+        raise UsageError(f"--refuse-tpr ({args.refuse_tpr}) must be at least --target-tpr ({args.target_tpr})")
+    state = fit_model_ood(model, splits.train, splits.val, target_tpr=args.target_tpr, refuse_tpr=args.refuse_tpr,
                           batch_size=args.batch_size, workers=args.workers, pretrained=pretrained)
     extra = dict(ckpt.get("extra") or {}, ood=state)
     save_checkpoint(args.out or args.model, model, labels, image_size=ckpt["config"].get("image_size", 224),

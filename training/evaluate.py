@@ -12,7 +12,10 @@ both use the same decoding (:func:`training.images.load_image`) and the same pre
 ``{"accuracy": .., "n": .., "per_class": {label: accuracy}, ...}``; with ``--ood DIR`` (photos
 that are not of any trained class, in any folder structure) it adds
 ``"ood": {"auroc", "false_accept_rate", "true_accept_rate", "threshold", "n_ood"}``, scored by
-the model's own "is it a pet?" statistics (:mod:`training.ood`) at its calibrated threshold.
+the model's own "is it a pet?" statistics (:mod:`training.ood`) at its calibrated threshold,
+plus ``"refuse_threshold"``, ``"true_not_refused_rate"`` and ``"false_not_refused_rate"`` (the
+shares not answered "not a pet" once the middle answer counts, :mod:`training.verdict`) for
+models calibrated with one.
 """
 
 from __future__ import annotations
@@ -61,9 +64,10 @@ def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predict, lis
 OODScore = Callable[[torch.Tensor], np.ndarray]  # [N,3,H,W] in [0,1] -> scores [N]
 
 
-def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, float]:
+def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, float, float | None]:
     """A batch -> OOD scores function (higher = less like the training photos) and the
-    calibrated threshold, from the ``.pt`` checkpoint's statistics or the ``.onnx`` model's
+    calibrated thresholds (plain "pet" answer; "not a pet" above the second, None for models
+    calibrated before the middle answer existed: :mod:`training.verdict`), from the ``.pt`` checkpoint's statistics or the ``.onnx`` model's
     ``ood_score`` output. A model without them is a ``ValueError`` saying how to add them."""
     path = Path(path)
     hint = (f"{path.name} has no 'is it a pet?' statistics; add them with "
@@ -74,7 +78,7 @@ def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, f
         clf = Classifier.load(path)
         if clf.ood_threshold is None:
             raise ValueError(hint)
-        return (lambda x: clf.ood_scores(x.numpy())), clf.ood_threshold
+        return (lambda x: clf.ood_scores(x.numpy())), clf.ood_threshold, clf.ood_refuse_threshold
 
     scorer = ood_scorer_from_checkpoint(read_checkpoint(path))
     if scorer is None:
@@ -87,7 +91,7 @@ def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, f
     def score(x: torch.Tensor) -> np.ndarray:
         return scored(x.to(dev))[1].float().cpu().numpy()
 
-    return score, scorer.threshold
+    return score, scorer.threshold, scorer.refuse_threshold
 
 
 def ood_scores(score: OODScore, paths, *, batch_size: int = 64, workers: int = 0) -> tuple[np.ndarray, int]:
@@ -109,15 +113,15 @@ def evaluate_ood(model: str | Path, data: str | Path, ood: str | Path, labels: l
     out_paths = image_files(ood)
     if not out_paths:
         raise DatasetError(f"no images under {ood}")
-    score, threshold = load_ood_scorer(model, device)
+    score, threshold, refuse_threshold = load_ood_scorer(model, device)
     _, samples = scan_class_folders(class_folder(data), labels)
     in_scores, _ = ood_scores(score, [p for p, _ in samples], batch_size=batch_size, workers=workers)
     out_scores, skipped = ood_scores(score, out_paths, batch_size=batch_size, workers=workers)
     if len(out_scores) == 0:
         raise DatasetError(f"none of the images under {ood} could be read")
-    metrics = ood_metrics(torch.from_numpy(in_scores), torch.from_numpy(out_scores), threshold)
-    return {k: round(v, 5) for k, v in metrics.items()} | {"threshold": threshold, "n_ood": len(out_scores),
-                                                           "skipped_ood": skipped}
+    metrics = ood_metrics(torch.from_numpy(in_scores), torch.from_numpy(out_scores), threshold, refuse_threshold)
+    return {k: round(v, 5) for k, v in metrics.items()} | {"threshold": threshold, "refuse_threshold": refuse_threshold,
+                                                           "n_ood": len(out_scores), "skipped_ood": skipped}
 
 
 def class_folder(data: str | Path) -> Path:
@@ -198,6 +202,10 @@ def _print_ood(ood: dict) -> None:
     print(f"not-a-pet check on {ood['n_ood']} other photos: AUROC {ood['auroc']:.3f}, "
           f"{ood['true_accept_rate']:.1%} of the labelled photos accepted, "
           f"{ood['false_accept_rate']:.1%} of the others wrongly accepted (threshold {ood['threshold']:.4g})")
+    if "true_not_refused_rate" in ood:
+        print(f"  with the middle answer ('probably a ..., but unlike my photos', up to {ood['refuse_threshold']:.4g}): "
+              f"{1 - ood['true_not_refused_rate']:.1%} of the labelled photos refused, "
+              f"{ood['false_not_refused_rate']:.1%} of the others not refused")
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -14,7 +14,8 @@ change away (``--robust`` makes photos that survive that, at a visible price: us
 
 (plus ``resized_from`` and, in robust mode, ``reshared``). ``success`` is the deployed model's
 whole verdict on the saved PNG, as ``/classify`` gives it: the target label AND accepted as a
-pet (``is_pet``/``ood_score`` are null for a model without "is it a pet?" statistics). An image that
+pet, not merely "probably a pet" (``is_pet``; it and ``ood_score`` are null for a model without
+"is it a pet?" statistics; see :mod:`training.verdict`). An image that
 cannot be used gets ``{"image", "error"}`` and the others still run; the exit status is 1
 if any failed.
 """
@@ -115,7 +116,8 @@ def main(args: argparse.Namespace) -> int:
         else:
             note = f" (downscaled from {r.resized_from[0]}×{r.resized_from[1]})" if r.resized_from else ""
             verdict = "fooled" if r.success else "NOT fooled"
-            pet = {True: ", a pet", False: ", NOT a pet", None: ""}[r.result.is_pet]
+            pet = {"pet": ", a pet", "unsure": ", a pet? (unlike the training photos)", "not_pet": ", NOT a pet",
+                   None: ""}[r.result.pet_verdict]
             print(
                 f"{src}: {r.source.label} {r.source.prob:.1%} -> {r.result.label} {r.result.prob:.1%}{pet} {verdict}, "
                 f"L∞ {r.linf * 255:.0f}/255, {r.steps} steps, {r.seconds:.1f} s -> {output}{note}",

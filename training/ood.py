@@ -33,6 +33,23 @@ The threshold is calibrated on validation photos (never on non-pets) as a split-
 quantile: with ``n`` validation scores it is the ``ceil((n+1) * target_tpr)``-th smallest,
 so a new pet photo like the validation ones is accepted with probability >= ``target_tpr``.
 
+**Three answers, not two.** A pet of a breed or in a setting the training photos barely hold
+scores like a pet that is a little unusual, and so does a lynx or a bear: one threshold cannot
+accept the first without the second. Measured by leaving visual clusters of the training photos
+out of the bank (``python -m benchmarks.ood --holdout-clusters 12``), shaggy small dogs are
+accepted 70% of the time at the 95% threshold. So a second, looser conformal threshold
+(``refuse_tpr``, default 98% of validation pets) splits the verdict (:func:`training.verdict.verdict`):
+
+- ``"pet"``: score <= ``threshold`` -- the usual answer;
+- ``"unsure"``: up to ``refuse_threshold`` -- "probably a dog, but unlike the photos I learned
+  from": an answer with a caveat, for the shaggy dog and the lynx alike;
+- ``"not_pet"``: above it -- "this doesn't look like a cat or a dog".
+
+On the same proxy 92% of the shaggy dogs are no longer refused, while every object, scene and
+vehicle photo still is (one of 8 people photos gets the caveat); other animals move from
+"not a pet" to the caveat, none to "pet". States fitted before this (no ``refuse_threshold``)
+answer in two ways as before.
+
 Everything a scorer needs is one dict of tensors, floats and strings (:func:`fit_ood`,
 :func:`reference_state`), so it lives in a checkpoint's ``extra["ood"]`` and loads with
 ``weights_only=True``; :class:`OODScorer` and :class:`ClassifierWithOOD` rebuild it as
@@ -66,6 +83,8 @@ FORMAT = "petlens-ood/2"  # /2 added the optional reference blocks
 READABLE_FORMATS = ("petlens-ood/1", FORMAT)
 METHODS = ("knn", "mahalanobis", "energy", "msp")
 MAX_BANK = 1024  # kNN: training features kept for the score (class-balanced)
+TARGET_TPR = 0.95  # validation pets given the plain answer ("pet")
+REFUSE_TPR = 0.98  # validation pets not refused ("pet" or "unsure"); see the module docstring
 
 
 def _check_features(name: str, x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -122,7 +141,8 @@ def fit_ood(
     train_labels: torch.Tensor,
     val_features: torch.Tensor,
     *,
-    target_tpr: float = 0.95,
+    target_tpr: float = TARGET_TPR,
+    refuse_tpr: float | None = REFUSE_TPR,
     method: str = "knn",
     val_logits: torch.Tensor | None = None,
     k: int = 10,
@@ -133,7 +153,8 @@ def fit_ood(
 
     ``train_features [N, D]`` / ``train_labels [N]``: the training photos' pooled features
     (``model.embed``) and classes; ``val_features [M, D]``: held-out in-distribution photos,
-    used only to place the threshold so that ``target_tpr`` of them are accepted.
+    used only to place the thresholds: ``target_tpr`` of them get the plain "pet" answer, and
+    ``refuse_tpr`` (>= ``target_tpr``; None: no middle answer) are not refused (:mod:`training.verdict`).
     ``method``: ``"knn"`` (default; ``k``-th neighbour cosine distance to a class-balanced
     bank of at most ``max_bank`` training features), ``"mahalanobis"`` (tied covariance with
     Ledoit-Wolf shrinkage on L2-normalised features, distance to the nearest class mean),
@@ -144,6 +165,8 @@ def fit_ood(
         raise ValueError(f"unknown OOD method {method!r}; choose one of: {', '.join(METHODS)}")
     if not 0.5 <= target_tpr < 1.0:
         raise ValueError(f"target_tpr must be in [0.5, 1), got {target_tpr}")
+    if refuse_tpr is not None and not target_tpr <= refuse_tpr < 1.0:
+        raise ValueError(f"refuse_tpr must be in [target_tpr, 1) = [{target_tpr}, 1), got {refuse_tpr}")
     train = _check_features("train_features", train_features)
     val = _check_features("val_features", val_features, train.shape[1])
     labels = torch.as_tensor(train_labels).long().flatten().cpu()
@@ -178,6 +201,10 @@ def fit_ood(
         n_train=int(len(train)),
         n_val=int(len(val)),
     )
+    if refuse_tpr is not None:
+        refuse = conformal_threshold(scores, refuse_tpr)
+        state.update(refuse_threshold=refuse, refuse_tpr=float(refuse_tpr),
+                     val_not_refused=float((scores <= refuse).double().mean()))
     return state
 
 
@@ -191,6 +218,9 @@ class OODScorer(nn.Module):
     """``forward(features [N, D], logits [N, C]) -> score [N]``, higher = less like the
     training photos; accept a photo as in-distribution when ``score <= self.threshold``.
 
+    ``refuse_threshold``: above it the answer is "not a pet", between the two "unsure"
+    (:mod:`training.verdict`); None for states fitted before the middle answer existed.
+
     Built from :func:`fit_ood`'s dict; uses only ONNX-exportable ops (MatMul, TopK,
     ReduceSum, ReduceMin, LogSumExp, Softmax), so it can sit inside the exported model.
     """
@@ -203,6 +233,8 @@ class OODScorer(nn.Module):
         self.feature_dim = int(state["feature_dim"])
         self.threshold = float(state.get("threshold", math.inf))
         self.target_tpr = float(state.get("target_tpr", float("nan")))
+        refuse = state.get("refuse_threshold")
+        self.refuse_threshold = None if refuse is None else max(float(refuse), self.threshold)
         if self.method == "knn":
             self.k = int(state["k"])
             self.register_buffer("bank", state["bank"].float())
@@ -349,11 +381,18 @@ def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
     return float((rank_sum_out - m * (m + 1) / 2) / (n * m))
 
 
-def ood_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor, threshold: float) -> dict[str, float]:
-    """``{"auroc", "false_accept_rate", "true_accept_rate"}`` at ``threshold`` (accept = score <= it)."""
+def ood_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor, threshold: float,
+                refuse_threshold: float | None = None) -> dict[str, float]:
+    """``{"auroc", "false_accept_rate", "true_accept_rate"}`` at ``threshold`` (accept = score <= it);
+    with a ``refuse_threshold`` also ``"false_not_refused_rate"`` / ``"true_not_refused_rate"``:
+    the shares not refused (answered "pet" or "unsure", :mod:`training.verdict`)."""
     a, b = torch.as_tensor(in_scores).double(), torch.as_tensor(out_scores).double()
-    return {
+    metrics = {
         "auroc": auroc(a, b),
         "false_accept_rate": float((b <= threshold).double().mean()),
         "true_accept_rate": float((a <= threshold).double().mean()),
     }
+    if refuse_threshold is not None:
+        metrics["false_not_refused_rate"] = float((b <= refuse_threshold).double().mean())
+        metrics["true_not_refused_rate"] = float((a <= refuse_threshold).double().mean())
+    return metrics

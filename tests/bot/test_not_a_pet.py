@@ -60,3 +60,23 @@ def test_console_says_it_too(tmp_path, tiny_ood_onnx, tiny_ood_checkpoint):
     assert proc.returncode == 0 and reply["ok"]
     title, first, *_ = reply["text"].splitlines()
     assert title == "That doesn't look like a pet" and first.startswith(NOT_A_PET)
+
+
+def test_a_photo_between_the_thresholds_gets_an_answer_with_a_caveat(make_handlers, tiny_ood_onnx,
+                                                                       tiny_ood_checkpoint, tmp_path):
+    """The middle answer (training.verdict): the same model calibrated so that this cat photo
+    scores between its two thresholds, as a pet of a breed the training photos barely hold does."""
+    from export.runtime import Classifier
+    from tests.conftest import with_ood_thresholds
+
+    data = photo_bytes("cat", seed=2)
+    score = Classifier.load(tiny_ood_onnx).assess(data).score
+    model = with_ood_thresholds(tiny_ood_onnx, tmp_path / "unsure.onnx", score / 2, score * 2)
+    bot = offline_bot(make_handlers(model=model, checkpoint=tiny_ood_checkpoint))
+    it = classify(bot, data, "cat.png")
+    label, prob = Classifier.load(model).predict(data, top_k=1)[0]
+    assert not it.answer.ephemeral and it.answer.embed.title == f"Probably a {label}"
+    first, *bars = it.answer.embed.description.splitlines()
+    assert first == (f"Probably a {label} ({prob:.0%}), but this photo is unlike the ones I learned from: maybe a "
+                     "breed or a setting it has seen few of, or maybe not a cat or a dog at all.")
+    assert f"**{label}**" in bars[0] and "doesn't look like" not in it.text

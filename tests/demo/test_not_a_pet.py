@@ -75,3 +75,23 @@ def test_the_tab_shows_the_verdict_and_no_big_label_for_a_non_pet(ood_models, im
     # A model without an OOD score never warns, whatever the photo.
     label, _, note = classify_page(images["stripes"], classifier=demo_models[0])
     assert note == "" and label["label"] in LABELS
+
+
+def test_a_photo_between_the_thresholds_says_probably_with_a_caveat(ood_models, images, tiny_ood_onnx, tmp_path):
+    """The middle answer (training.verdict) on the page and in ``/assess``'s wire format: the
+    same model calibrated so that the cat photo scores between its two thresholds."""
+    from demo.app import assess, classify_page
+    from export.runtime import Classifier
+    from tests.conftest import with_ood_thresholds
+
+    score = ood_models[0].assess(images["cat"]).score
+    clf = Classifier.load(with_ood_thresholds(tiny_ood_onnx, tmp_path / "unsure.onnx", score / 2, score * 2))
+    label, _, note = classify_page(images["cat"], classifier=clf)
+    top, prob = label["confidences"][0]["label"], label["confidences"][0]["confidence"]
+    assert label["label"] == f"Probably a {top}"  # not a bare "cat", and not "Not a cat or a dog?"
+    assert note.startswith(f"🤔 **Probably a {top} ({prob:.0%}), but this photo is unlike the ones I learned from.**")
+    assert "maybe not a cat or a dog at all" in note
+    found = assess(images["cat"], classifier=clf)
+    assert (found["verdict"], found["is_pet"]) == ("unsure", False)
+    assert found["threshold"] < found["score"] <= found["refuse_threshold"]
+    assert assess(images["cat"], classifier=ood_models[0])["verdict"] == "pet"

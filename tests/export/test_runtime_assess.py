@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from export.runtime import Assessment, Classifier, describe_labels
-from tests.conftest import LABELS, SHIFTED_KINDS, shifted_photo, synthetic_photo
+from tests.conftest import LABELS, SHIFTED_KINDS, shifted_photo, synthetic_photo, with_ood_thresholds
 
 IN_DIST = [synthetic_photo(label, 5000 + i) for label in LABELS for i in range(15)]
 SHIFTED = [shifted_photo(kind, i) for kind in SHIFTED_KINDS for i in range(10)]
@@ -29,6 +29,9 @@ def test_metadata_carries_the_calibrated_threshold(ood_clf):
     meta = json.loads(ood_clf.metadata["ood"])
     assert meta["method"] == "knn" and meta["target_tpr"] == pytest.approx(0.95)
     assert ood_clf.ood_threshold == pytest.approx(meta["threshold"]) and ood_clf.ood_threshold > 0
+    assert meta["refuse_tpr"] == pytest.approx(0.98)
+    assert ood_clf.ood_refuse_threshold == pytest.approx(meta["refuse_threshold"])
+    assert ood_clf.ood_refuse_threshold >= ood_clf.ood_threshold
 
 
 def test_pets_are_accepted_and_shifted_images_are_not(ood_clf):
@@ -90,3 +93,25 @@ def test_model_without_ood_output_behaves_as_before(tiny_onnx):
         a = clf.assess(img)
         assert (a.score, a.threshold, a.is_pet, a.message()) == (None, None, None, None)
         assert a.looks_like_training_data and a.top == clf.predict(img)
+
+
+def test_three_answers_from_the_models_own_score(ood_clf, tiny_ood_onnx, tmp_path):
+    """The same photo and the same graph, calibrated three ways: the verdict, ``is_pet`` and
+    the wording follow the score's place between the two thresholds."""
+    photo = IN_DIST[0]
+    score = ood_clf.assess(photo).score
+    assert score > 0
+    bands = {"pet": (2 * score, 4 * score), "unsure": (score / 2, 2 * score), "not_pet": (score / 4, score / 2)}
+    found = {}
+    for name, (threshold, refuse) in bands.items():
+        clf = Classifier.load(with_ood_thresholds(tiny_ood_onnx, tmp_path / f"{name}.onnx", threshold, refuse))
+        found[name] = clf.assess(photo)
+        assert found[name].verdict == name and found[name].score == pytest.approx(score, abs=1e-6)
+        assert found[name].is_pet is (name == "pet")
+    label, prob = found["unsure"].top[0]
+    assert found["pet"].message() is None
+    assert found["unsure"].message() == f"Probably a {label} ({prob:.0%}), but this photo is unlike the ones I learned from"
+    assert found["not_pet"].message() == f"This doesn't look like a cat or a dog — closest guess: {label} {prob:.0%}"
+    # A model calibrated before the middle answer existed answers in two ways, as it always did.
+    old = Classifier.load(with_ood_thresholds(tiny_ood_onnx, tmp_path / "old.onnx", score / 2, None))
+    assert old.ood_refuse_threshold is None and old.assess(photo).verdict == "not_pet"

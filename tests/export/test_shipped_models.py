@@ -48,6 +48,9 @@ def test_pt_and_onnx_agree(batch):
     assert np.abs(clf.probabilities(batch) - probs).max() <= 1e-4
     assert np.abs(clf.ood_scores(batch) - scores).max() <= 1e-4
     assert clf.ood_threshold == pytest.approx(scorer.threshold)
+    # The middle answer's cut-off travels too, above the plain answer's (training.verdict).
+    assert clf.ood_refuse_threshold == pytest.approx(scorer.refuse_threshold)
+    assert clf.ood_refuse_threshold > clf.ood_threshold
 
 
 def test_int8_model_keeps_the_decisions(batch):
@@ -62,7 +65,7 @@ def test_shipped_model_knows_the_example_cat():
     assert top[0][0] == "cat" and top[0][1] > 0.9
     for name in ("catsdogs.onnx", "catsdogs-int8.onnx"):
         clf = Classifier.load(MODELS / name)
-        assert clf.assess(EXAMPLES / "chelsea-cat.jpg").is_pet, name
-        assert not clf.assess(EXAMPLES / "coffee-not-a-pet.jpg").is_pet, name
+        assert clf.assess(EXAMPLES / "chelsea-cat.jpg").verdict == "pet", name
+        assert clf.assess(EXAMPLES / "coffee-not-a-pet.jpg").verdict == "not_pet", name  # refused, not "probably"
     meta = json.loads(Classifier.load(MODELS / "catsdogs.onnx").metadata["metrics"])
     assert meta["val_accuracy"] >= 0.97

@@ -24,6 +24,10 @@ def test_calibrate_stores_a_threshold_that_accepts_most_val_pets(tiny_checkpoint
     assert summary["method"] == "knn"
     # The conformal threshold sits at or above the 95th percentile of the val scores.
     assert summary["target_tpr"] == 0.95 and 0.95 <= summary["val_tpr"] <= 1.0
+    # ... and the middle answer's cut-off ("probably a dog, but ...") at the 98% one, above it.
+    assert summary["refuse_tpr"] == 0.98 and summary["val_not_refused"] >= 0.98
+    assert scorer.refuse_threshold == pytest.approx(summary["refuse_threshold"])
+    assert scorer.refuse_threshold >= scorer.threshold
     for key in ckpt["state_dict"]:  # same weights
         assert torch.equal(ckpt["state_dict"][key], read_checkpoint(tiny_checkpoint)["state_dict"][key])
 
@@ -94,3 +98,13 @@ def test_calibrate_notes_weights_the_model_did_not_start_from(tiny_checkpoint, s
                                                  "--weights", str(weights), "--out", str(tmp_path / "x.pt")]))
     assert summary["reference_from"] == 0
     assert "not the weights it was fine-tuned from" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_refuse_rate_below_the_accept_rate(tiny_checkpoint, synthetic_data, tmp_path, capsys):
+    from tests.conftest import run_tool
+    from training.calibrate import cli
+
+    code, _, err = run_tool(cli, ["--model", tiny_checkpoint, "--data", synthetic_data, "--out", tmp_path / "x.pt",
+                                  "--target-tpr", "0.95", "--refuse-tpr", "0.9"], capsys)
+    assert code == 2 and "--refuse-tpr (0.9) must be at least --target-tpr (0.95)" in err
+    assert not (tmp_path / "x.pt").exists()

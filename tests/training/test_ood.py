@@ -26,6 +26,7 @@ from training.ood import (
     score_images,
 )
 from training.presets import preprocess_batch
+from training.verdict import NOT_PET, PET, UNSURE, VERDICTS, verdict
 
 _root = _root_module
 LABELS, synthetic_photo, finetuned_copy = _root.LABELS, _root.synthetic_photo, _root.finetuned_copy
@@ -100,13 +101,37 @@ def test_calibration_hits_the_stated_rate_on_held_out_data(method, target):
     train, labels = gaussian_pets(600, seed=0)
     val, _ = gaussian_pets(1000, seed=1)
     held_out, _ = gaussian_pets(20000, seed=2)
-    state = fit_ood(train, labels, val, method=method, target_tpr=target)
+    state = fit_ood(train, labels, val, method=method, target_tpr=target, refuse_tpr=0.98)
     assert state["val_tpr"] >= target and state["n_val"] == 1000
+    assert state["val_not_refused"] >= 0.98 and state["refuse_threshold"] >= state["threshold"]
     scorer = OODScorer(state)
     with torch.no_grad():
-        accepted = (scorer(held_out, torch.zeros(len(held_out), 2)) <= scorer.threshold).double().mean().item()
+        scores = scorer(held_out, torch.zeros(len(held_out), 2))
     # 1000 calibration scores: the acceptance rate's standard deviation is ~0.7% at 95%.
-    assert accepted == pytest.approx(target, abs=0.02)
+    assert (scores <= scorer.threshold).double().mean().item() == pytest.approx(target, abs=0.02)
+    # The second threshold keeps its own promise: 98% of new pets are not refused.
+    assert (scores <= scorer.refuse_threshold).double().mean().item() == pytest.approx(0.98, abs=0.01)
+    answers = [verdict(float(v), scorer.threshold, scorer.refuse_threshold) for v in scores[:2000]]
+    assert {a: answers.count(a) for a in VERDICTS}[UNSURE] == int(((scores[:2000] > scorer.threshold)
+                                                                   & (scores[:2000] <= scorer.refuse_threshold)).sum())
+
+
+def test_three_answers_and_states_without_the_middle_one():
+    assert [verdict(s, 0.3, 0.4) for s in (0.1, 0.3, 0.35, 0.4, 0.41)] == [PET, PET, UNSURE, UNSURE, NOT_PET]
+    assert [verdict(s, 0.3) for s in (0.3, 0.35)] == [PET, NOT_PET]  # no refuse threshold: two answers
+    x, y = gaussian_pets(200, seed=0)
+    state = fit_ood(x, y, x[:100], refuse_tpr=None)  # as fitted before the middle answer existed
+    assert "refuse_threshold" not in state and OODScorer(state).refuse_threshold is None
+    with_it = fit_ood(x, y, x[:100])  # the default: 95% plain answers, 98% not refused
+    assert (with_it["target_tpr"], with_it["refuse_tpr"]) == (0.95, 0.98)
+    assert OODScorer(with_it).refuse_threshold == with_it["refuse_threshold"] > with_it["threshold"]
+    assert with_it["refuse_threshold"] == conformal_threshold(OODScorer(with_it)(x[:100], None), 0.98)
+    with pytest.raises(ValueError, match=r"refuse_tpr must be in \[target_tpr, 1\)"):
+        fit_ood(x, y, x, target_tpr=0.95, refuse_tpr=0.9)
+    m = ood_metrics(torch.tensor([0.1, 0.35, 0.5]), torch.tensor([0.2, 0.38, 0.45, 0.9]), 0.3, 0.4)
+    assert (m["true_accept_rate"], m["true_not_refused_rate"]) == pytest.approx((1 / 3, 2 / 3))
+    assert (m["false_accept_rate"], m["false_not_refused_rate"]) == pytest.approx((1 / 4, 2 / 4))
+    assert "true_not_refused_rate" not in ood_metrics(torch.tensor([0.1]), torch.tensor([0.5]), 0.3)
 
 
 def test_conformal_threshold_rank():
