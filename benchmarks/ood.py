@@ -26,6 +26,11 @@ kind. Their accepted share says how a pet unlike the bank fares (a breed the tra
 photos barely hold); it is reported per cluster, for the shipped bank size and for a bank
 of every training photo. Beside it, the cat/dog accuracy on the left-out cluster of a linear
 probe trained on the other clusters' features (the shipped model itself has seen them all).
+
+Both views also give the **three answers** of :mod:`training.verdict` for the shipped score
+(kNN, k=10): the share answered "pet", and the share not refused ("pet" or "unsure", under the
+second threshold placed at ``--refuse-tpr`` of the validation pets), per non-pet category and
+per left-out cluster.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 from training.ood import (
     MAX_BANK,
     REFERENCE_KEYS,
+    REFUSE_TPR,
     OODScorer,
     ScoreFeatures,
     auroc,
@@ -145,6 +151,16 @@ def compare(tr, ytr, va, va_logits, od, od_logits, cats: list[str], head, target
     return {"methods": table, "loco": leave_one_category_out(scores, cat_idx, target_tpr)}
 
 
+def three_answers(val_scores, ood_scores, cats: list[str], target_tpr: float, refuse_tpr: float) -> dict:
+    """Per non-pet category (and the validation pets): how many get each answer of
+    :mod:`training.verdict` when both thresholds are placed on ``val_scores``."""
+    threshold, refuse = conformal_threshold(val_scores, target_tpr), conformal_threshold(val_scores, refuse_tpr)
+    groups = {"val pets": val_scores} | {c: ood_scores[torch.tensor([x == c for x in cats])] for c in sorted(set(cats))}
+    return {name: {"photos": len(v), "pet": int((v <= threshold).sum()),
+                   "unsure": int(((v > threshold) & (v <= refuse)).sum()), "not_pet": int((v > refuse).sum())}
+            for name, v in groups.items()}
+
+
 def leave_one_category_out(scores, cat_idx, target_tpr) -> dict:
     """For each family (and all together): pick on the other categories, score the held-out one."""
     families = {"all": list(scores), "logit (msp/energy)": ["msp", "energy"],
@@ -203,9 +219,10 @@ def probe_accuracy(x_train, y_train, x_test, y_test, weight_decay: float = 1e-3)
 
 
 def held_out_clusters(tr, ytr, va, od, labels: list[str], k_clusters: int, target_tpr: float = 0.95,
-                      boot: int = 200, seed: int = 0) -> dict:
+                      boot: int = 200, seed: int = 0, refuse_tpr: float = REFUSE_TPR) -> dict:
     """The breed-shift proxy (module docstring): per bank size, per cluster, the left-out
-    photos' accepted share (bootstrap 95% interval) and the non-pets accepted meanwhile."""
+    photos' accepted share (bootstrap 95% interval), their share not refused (the middle
+    answer counting, :mod:`training.verdict`) and the non-pets accepted / not refused meanwhile."""
     assign = spherical_kmeans(tr, k_clusters, seed=seed)
     g = torch.Generator().manual_seed(seed)
     out = {"clusters": k_clusters, "banks": {}}
@@ -215,19 +232,27 @@ def held_out_clusters(tr, ytr, va, od, labels: list[str], k_clusters: int, targe
         rows = []
         for c in range(k_clusters):
             held = assign == c
-            state = fit_ood(tr[~held], ytr[~held], va, target_tpr=target_tpr, max_bank=bank, seed=seed)
+            state = fit_ood(tr[~held], ytr[~held], va, target_tpr=target_tpr, refuse_tpr=refuse_tpr,
+                            max_bank=bank, seed=seed)
             scorer = OODScorer(state)
-            accepted = (scorer(tr[held].float(), torch.zeros(int(held.sum()), 1)) <= state["threshold"]).double()
-            far = float((scorer(od.float(), torch.zeros(len(od), 1)) <= state["threshold"]).double().mean())
-            draws = accepted[torch.randint(len(accepted), (boot, len(accepted)), generator=g)].mean(1) if boot else None
+            left_out = scorer(tr[held].float(), torch.zeros(int(held.sum()), 1))
+            others = scorer(od.float(), torch.zeros(len(od), 1))
+            accepted = (left_out <= state["threshold"]).double()
+            not_refused = (left_out <= state["refuse_threshold"]).double()
+            ci = lambda x: [float(q) for q in x[torch.randint(len(x), (boot, len(x)), generator=g)].mean(1).quantile(
+                torch.tensor([0.025, 0.975], dtype=torch.float64))] if boot else None
             mix = {labels[i]: int((ytr[held] == i).sum()) for i in range(len(labels))}
             rows.append({"cluster": c, "photos": int(held.sum()), "classes": mix, "probe_accuracy": probe[c],
-                         "accepted": float(accepted.mean()),
-                         "accepted_ci": [float(draws.quantile(0.025)), float(draws.quantile(0.975))] if boot else None,
-                         "non_pets_accepted": far})
-        out["banks"][bank] = {"rows": rows, "worst": min(r["accepted"] for r in rows),
-                              "mean": sum(r["accepted"] for r in rows) / len(rows),
-                              "non_pets_accepted_mean": sum(r["non_pets_accepted"] for r in rows) / len(rows)}
+                         "accepted": float(accepted.mean()), "accepted_ci": ci(accepted),
+                         "not_refused": float(not_refused.mean()), "not_refused_ci": ci(not_refused),
+                         "non_pets_accepted": float((others <= state["threshold"]).double().mean()),
+                         "non_pets_not_refused": float((others <= state["refuse_threshold"]).double().mean())})
+        mean = lambda key, rows=rows: sum(r[key] for r in rows) / len(rows)
+        out["banks"][bank] = {"rows": rows, "worst": min(r["accepted"] for r in rows), "mean": mean("accepted"),
+                              "worst_not_refused": min(r["not_refused"] for r in rows),
+                              "mean_not_refused": mean("not_refused"),
+                              "non_pets_accepted_mean": mean("non_pets_accepted"),
+                              "non_pets_not_refused_mean": mean("non_pets_not_refused")}
     return out
 
 
@@ -242,6 +267,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(default: reference when the checkpoint has them)")
     parser.add_argument("--cache", default=None, help="save/load the features here (skips re-embedding)")
     parser.add_argument("--target-tpr", type=float, default=0.95, help="share of validation pets accepted")
+    parser.add_argument("--refuse-tpr", type=float, default=REFUSE_TPR,
+                        help="share of validation pets not refused (the middle answer's threshold, training.verdict)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none)")
     parser.add_argument("--holdout-clusters", type=int, default=0, metavar="K",
                         help="also the breed-shift proxy: leave each of K visual clusters of the training photos "
@@ -275,11 +302,15 @@ def main(args: argparse.Namespace) -> dict:
     (tr, _), (va, va_logits), (od, od_logits) = cached["train"], cached["val"], cached["ood"]
     ytr = torch.tensor([labels.index(c) for c, _ in sets["train"]])
     with torch.no_grad():
-        result = compare(tr, ytr, va, va_logits, od, od_logits, [c for c, _ in sets["ood"]], model.head[-1],
-                         args.target_tpr, args.bootstrap)
+        cats = [c for c, _ in sets["ood"]]
+        result = compare(tr, ytr, va, va_logits, od, od_logits, cats, model.head[-1], args.target_tpr, args.bootstrap)
+        shipped = OODScorer(fit_ood(tr, ytr, va, target_tpr=args.target_tpr, refuse_tpr=None))
+        zeros = lambda x: torch.zeros(len(x), 1)
+        result["three_answers"] = three_answers(shipped(va, zeros(va)), shipped(od, zeros(od)), cats,
+                                                args.target_tpr, args.refuse_tpr)
         if args.holdout_clusters:
             result["held_out_clusters"] = held_out_clusters(tr, ytr, va, od, labels, args.holdout_clusters,
-                                                            args.target_tpr, args.bootstrap)
+                                                            args.target_tpr, args.bootstrap, refuse_tpr=args.refuse_tpr)
     if args.json:
         print(json.dumps(result))
         return result
@@ -296,16 +327,23 @@ def main(args: argparse.Namespace) -> dict:
     for family, r in result["loco"].items():
         picks = ", ".join(f"{c}:{p['method']}" for c, p in r["held_out"].items())
         print(f"  {family:20s} AUROC {r['auroc']:.3f}  FAR@95 {r['far']:.3f}   ({picks})")
+    print(f"three answers, knn[10] (pet up to the {args.target_tpr:.0%} threshold, unsure up to the "
+          f"{args.refuse_tpr:.0%} one, then not a pet):")
+    for name, n in result["three_answers"].items():
+        print(f"  {name:12s} {n['photos']:4d} photos: pet {n['pet']:4d}  unsure {n['unsure']:4d}  not a pet {n['not_pet']:4d}")
     if held := result.get("held_out_clusters"):
         print(f"held-out visual clusters of the training photos ({held['clusters']}; knn[10], threshold on val):")
+        pct = lambda ci: f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else ""
         for bank, b in held["banks"].items():
-            print(f"  bank of {bank}: accepted worst {b['worst']:.1%}, mean {b['mean']:.1%}; "
-                  f"non-pets accepted {b['non_pets_accepted_mean']:.1%} on average")
+            print(f"  bank of {bank}: accepted worst {b['worst']:.1%}, mean {b['mean']:.1%}; not refused worst "
+                  f"{b['worst_not_refused']:.1%}, mean {b['mean_not_refused']:.1%}; non-pets accepted "
+                  f"{b['non_pets_accepted_mean']:.1%}, not refused {b['non_pets_not_refused_mean']:.1%} on average")
             for r in b["rows"]:
-                ci = f" [{r['accepted_ci'][0]:.0%}, {r['accepted_ci'][1]:.0%}]" if r["accepted_ci"] else ""
                 mix = " + ".join(f"{n} {name}s" for name, n in r["classes"].items())
-                print(f"    cluster {r['cluster']:2d} ({mix}): {r['accepted']:.1%}{ci} accepted, "
-                      f"non-pets {r['non_pets_accepted']:.1%}; probe cat/dog accuracy {r['probe_accuracy']:.1%}")
+                print(f"    cluster {r['cluster']:2d} ({mix}): {r['accepted']:.1%}{pct(r['accepted_ci'])} accepted, "
+                      f"{r['not_refused']:.1%}{pct(r['not_refused_ci'])} not refused; non-pets "
+                      f"{r['non_pets_accepted']:.1%} / {r['non_pets_not_refused']:.1%}; "
+                      f"probe cat/dog accuracy {r['probe_accuracy']:.1%}")
     return result
 
 

@@ -82,12 +82,13 @@ def test_remote_gives_the_local_top_k_and_ood_verdict(remote, local, triton_serv
     assert remote.labels == local.labels == ["cat", "dog"]
     assert (remote.image_size, remote.resize_size) == (local.image_size, local.resize_size) == (224, 256)
     assert remote.ood_threshold == local.ood_threshold is not None
+    assert remote.ood_refuse_threshold == local.ood_refuse_threshold is not None  # the middle answer's cut-off
     verdicts = []
     for image in photos():
         got, want = remote.assess(image, top_k=2), local.assess(image, top_k=2)
         assert [n for n, _ in got.top] == [n for n, _ in want.top]
         np.testing.assert_allclose([p for _, p in got.top], [p for _, p in want.top], atol=1e-4)
-        assert abs(got.score - want.score) <= 1e-4 and got.is_pet == want.is_pet
+        assert abs(got.score - want.score) <= 1e-4 and (got.is_pet, got.verdict) == (want.is_pet, want.verdict)
         verdicts.append(got.is_pet)
     assert verdicts[0] is True and verdicts[1] is False  # the real cat is a pet, the coffee is not
     # pathlib collapses "//": the demo/bot may hand over Path(url).
