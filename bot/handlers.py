@@ -293,8 +293,9 @@ class Handlers:
 
     async def classify(self, upload: Upload, *, user: Hashable = "console",
                        acknowledge: Acknowledge | None = None) -> Reply:
-        """Top-3 labels with confidences for a photo, or, when the photo is unlike anything
-        the model was trained on, a plain "that's not a pet" with the closest guess."""
+        """Top-3 labels with confidences for a photo; "probably a dog, but ..." when it is only
+        partly like the training photos; a plain "that's not a pet" with the closest guess when
+        it is unlike all of them (the three answers of :mod:`training.verdict`)."""
         def render(found, up: Upload | None) -> Reply:
             if (warning := found.message()) is None:
                 return Reply(True, top_k_text(found.top), title=f"I see a {found.top[0][0]}")

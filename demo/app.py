@@ -183,7 +183,8 @@ def _stem(upload: Any) -> str:
 
 def _verdict(found, names: str) -> str:
     """Markdown under the Classify tab's label: "" for a pet (or a model without an OOD
-    score), else the "this doesn't look like a cat or a dog" warning with the closest guess."""
+    score), the "probably a dog, but ..." caveat for an unsure verdict, else the "this doesn't
+    look like a cat or a dog" warning with the closest guess."""
     message = found.message()
     if message is None:
         return ""
