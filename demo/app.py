@@ -189,7 +189,7 @@ def _verdict(found, names: str) -> str:
     if message is None:
         return ""
     if found.verdict == UNSURE:
-        return (f"🤔 **{message}.**  \nMaybe a breed or a setting it has seen few of, or maybe not "
+        return (f"ℹ️ **{message}.**  \nMaybe a breed or a setting it has seen few of, or maybe not "
                 f"{describe_labels(found.labels)} at all.")
     return (f"⚠️ **{message}**  \nThe network only knows {names}, so it always picks one of them; "
             "but this photo is unlike every photo it learned from.")

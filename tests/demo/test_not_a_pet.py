@@ -89,7 +89,7 @@ def test_a_photo_between_the_thresholds_says_probably_with_a_caveat(ood_models, 
     label, _, note = classify_page(images["cat"], classifier=clf)
     top, prob = label["confidences"][0]["label"], label["confidences"][0]["confidence"]
     assert label["label"] == f"Probably a {top}"  # not a bare "cat", and not "Not a cat or a dog?"
-    assert note.startswith(f"🤔 **Probably a {top} ({prob:.0%}), but this photo is unlike the ones I learned from.**")
+    assert note.startswith(f"ℹ️ **Probably a {top} ({prob:.0%}), but this photo is unlike the ones I learned from.**")
     assert "maybe not a cat or a dog at all" in note
     found = assess(images["cat"], classifier=clf)
     assert (found["verdict"], found["is_pet"]) == ("unsure", False)
