@@ -228,12 +228,7 @@ class Assessment:
             return None
         label, prob = self.top[0]
         if found == UNSURE:
-            return f"Probably {_article(label)} ({prob:.0%}), but this photo is unlike the ones I learned from"
+            return f"Probably {describe_labels([label])} ({prob:.0%}), but this photo is unlike the ones I learned from"
         assert found == NOT_PET
         describe = describe or describe_labels(self.labels)
         return f"This doesn't look like {describe} — closest guess: {label} {prob:.0%}"
-
-
-def _article(label: str) -> str:
-    """``"dog"`` -> ``"a dog"``, ``"Abyssinian"`` -> ``"an Abyssinian"``, as in :func:`describe_labels`."""
-    return describe_labels([label])

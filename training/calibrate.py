@@ -9,11 +9,12 @@ on other photos)::
 
 The features are pooled penultimate features under the *eval* preprocessing (never
 augmented), of the training photos (the kNN bank) and of the validation photos (only to
-place the thresholds: ``target_tpr`` of real pets get the plain answer, ``refuse_tpr`` are not
-refused, and the rest in between get "probably a dog, but unlike my photos"). With ``--weights`` (the weights the
-model was fine-tuned from, as given to ``python -m training``) they are those pretrained
-blocks' features wherever fine-tuning changed the backbone (:func:`training.ood.reference_state`),
-which tell a horse from a dog far better; without it, the model's own.
+place the thresholds: ``target_tpr`` of real pets get the plain answer, ``refuse_tpr`` are
+not refused, and those in between get "probably a dog, but unlike my photos"; see
+:mod:`training.verdict`). With ``--weights`` (the weights the model was fine-tuned from, as
+given to ``python -m training``) they are those pretrained blocks' features wherever
+fine-tuning changed the backbone (:func:`training.ood.reference_state`), which tell a horse
+from a dog far better; without it, the model's own.
 """
 
 from __future__ import annotations

@@ -65,10 +65,11 @@ OODScore = Callable[[torch.Tensor], np.ndarray]  # [N,3,H,W] in [0,1] -> scores 
 
 
 def load_ood_scorer(path: str | Path, device: str = "auto") -> tuple[OODScore, float, float | None]:
-    """A batch -> OOD scores function (higher = less like the training photos) and the
-    calibrated thresholds (plain "pet" answer; "not a pet" above the second, None for models
-    calibrated before the middle answer existed: :mod:`training.verdict`), from the ``.pt`` checkpoint's statistics or the ``.onnx`` model's
-    ``ood_score`` output. A model without them is a ``ValueError`` saying how to add them."""
+    """A batch -> OOD scores function (higher = less like the training photos) and the two
+    calibrated thresholds (the plain "pet" answer's, and "not a pet" above the second, which
+    is None for models calibrated before the middle answer existed: :mod:`training.verdict`),
+    from the ``.pt`` checkpoint's statistics or the ``.onnx`` model's ``ood_score`` output. A
+    model without them is a ``ValueError`` saying how to add them."""
     path = Path(path)
     hint = (f"{path.name} has no 'is it a pet?' statistics; add them with "
             "`python -m training.calibrate --checkpoint C --data DIR` (and re-export for .onnx)")
