@@ -226,6 +226,13 @@ def held_out_clusters(tr, ytr, va, od, labels: list[str], k_clusters: int, targe
     assign = spherical_kmeans(tr, k_clusters, seed=seed)
     g = torch.Generator().manual_seed(seed)
     out = {"clusters": k_clusters, "banks": {}}
+
+    def ci(hits: torch.Tensor) -> list[float] | None:  # bootstrap 95% interval of a share
+        if not boot:
+            return None
+        draws = hits[torch.randint(len(hits), (boot, len(hits)), generator=g)].mean(1)
+        return [float(q) for q in draws.quantile(torch.tensor([0.025, 0.975], dtype=torch.float64))]
+
     probe = {c: probe_accuracy(tr[assign != c], ytr[assign != c], tr[assign == c], ytr[assign == c])
              for c in range(k_clusters)}
     for bank in sorted({MAX_BANK, len(tr)}):  # the shipped bank size, and every photo
@@ -239,8 +246,6 @@ def held_out_clusters(tr, ytr, va, od, labels: list[str], k_clusters: int, targe
             others = scorer(od.float(), torch.zeros(len(od), 1))
             accepted = (left_out <= state["threshold"]).double()
             not_refused = (left_out <= state["refuse_threshold"]).double()
-            ci = lambda x: [float(q) for q in x[torch.randint(len(x), (boot, len(x)), generator=g)].mean(1).quantile(
-                torch.tensor([0.025, 0.975], dtype=torch.float64))] if boot else None
             mix = {labels[i]: int((ytr[held] == i).sum()) for i in range(len(labels))}
             rows.append({"cluster": c, "photos": int(held.sum()), "classes": mix, "probe_accuracy": probe[c],
                          "accepted": float(accepted.mean()), "accepted_ci": ci(accepted),

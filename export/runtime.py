@@ -70,8 +70,6 @@ class Classifier:
         self.resize_size = int(self.metadata.get("resize_size") or resize_size_for(self.image_size))
         self.ood_threshold = _ood_threshold(self.metadata) if "ood_score" in outputs else None
         self.ood_refuse_threshold = _ood_threshold(self.metadata, "refuse_threshold") if self.ood_threshold is not None else None
-        if self.ood_refuse_threshold is not None:
-            self.ood_refuse_threshold = max(self.ood_refuse_threshold, self.ood_threshold)
 
     @classmethod
     def load(

@@ -234,7 +234,7 @@ class OODScorer(nn.Module):
         self.threshold = float(state.get("threshold", math.inf))
         self.target_tpr = float(state.get("target_tpr", float("nan")))
         refuse = state.get("refuse_threshold")
-        self.refuse_threshold = None if refuse is None else max(float(refuse), self.threshold)
+        self.refuse_threshold = None if refuse is None else float(refuse)
         if self.method == "knn":
             self.k = int(state["k"])
             self.register_buffer("bank", state["bank"].float())
