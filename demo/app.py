@@ -35,6 +35,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 from PIL import Image
 
+from demo.uploads import UploadRefused, Uploads
 from training.images import MAX_BYTES, ImageError, load_image
 from training.labels import describe_labels, english_list
 from training.verdict import NOT_PET, UNSURE
@@ -101,22 +102,34 @@ CSS = """
 # --------------------------------------------------------------------------- helpers
 
 
-def _photo(upload: Any, *, min_side: int) -> Image.Image:
+def _photo(upload: Any, *, min_side: int, uploads: Uploads | None = None) -> Image.Image:
     """Decode an upload through the one safe intake; unusable files become a ``gr.Error``.
 
-    ``upload`` is what gradio passes without preprocessing (a FileData dict), a path, bytes
-    or a PIL image. Gradio's own preprocessing is skipped on purpose: it would open the file
-    with PIL first and answer a broken upload with its own generic error.
+    ``upload`` is what gradio passes without preprocessing (a FileData dict or a path, which
+    must lie in gradio's upload cache or the example folder: see :mod:`demo.uploads`) or a
+    PIL image. Gradio's own preprocessing is skipped on purpose: it would open the file with
+    PIL first and answer a broken upload with its own generic error.
     """
     if upload is None:
-        raise gr.Error("Add a photo first: upload one, use the webcam or paste one.", title="No photo")
-    src = upload.get("path") if isinstance(upload, dict) else upload
+        raise gr.Error("Add a photo first: upload one, use the webcam or paste one.", title="No photo",
+                       print_exception=False)
+    try:
+        src = (uploads or default_uploads()).source(upload)
+    except UploadRefused as exc:
+        raise gr.Error(str(exc), title="Not an upload", print_exception=False) from None
     if src is None:
-        raise gr.Error("The upload did not arrive; try again.", title="No photo")
+        raise gr.Error("The upload did not arrive; try again.", title="No photo", print_exception=False)
     try:
         return load_image(src, min_side=min_side)
     except ImageError as exc:
         raise gr.Error(str(exc), title="Unusable photo", print_exception=False) from exc
+
+
+@functools.cache
+def default_uploads() -> Uploads:
+    """Gradio's upload cache and the shipped example folder (:func:`build_demo` makes its own
+    for the folder it is given)."""
+    return Uploads(EXAMPLES_DIR)
 
 
 def _as_label(top: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -198,11 +211,11 @@ def _verdict(found, names: str) -> str:
 # --------------------------------------------------------------------------- one function per tab
 
 
-def classify(image: Any, *, classifier, top_k: int = 3) -> dict[str, float] | None:
+def classify(image: Any, *, classifier, top_k: int = 3, uploads: Uploads | None = None) -> dict[str, float] | None:
     """Classify tab: the ONNX classifier's top-k probabilities for one photo."""
     if image is None:
         return None  # the input was cleared
-    return _as_label(classifier.predict(_photo(image, min_side=256), top_k=top_k))
+    return _as_label(classifier.predict(_photo(image, min_side=256, uploads=uploads), top_k=top_k))
 
 
 # Page handlers: what a new photo does to its tab. They run on the photo's change event,
@@ -213,50 +226,50 @@ def classify(image: Any, *, classifier, top_k: int = 3) -> dict[str, float] | No
 # leaves a component as it is (the photo input they got, or a refusal already shown).
 
 
-def classify_page(image: Any, *, classifier, top_k: int = 3) -> tuple:
+def classify_page(image: Any, *, classifier, top_k: int = 3, uploads: Uploads | None = None) -> tuple:
     """Classify tab: (label, photo, note) for a new photo, a refused one or none."""
     if image is None:  # removed, or cleared by a refusal: keep the refusal's note
         return {}, gr.skip(), gr.skip()
     try:
-        photo = _photo(image, min_side=256)
+        photo = _photo(image, min_side=256, uploads=uploads)
     except gr.Error as exc:
         return {}, None, _refusal(exc)
     found = classifier.assess(photo, top_k=top_k)
     return _label_value(found), gr.skip(), _verdict(found, english_list(found.labels, "and"))
 
 
-def fool_page(image: Any, *, classifier, top_k: int = 3) -> tuple:
+def fool_page(image: Any, *, classifier, top_k: int = 3, uploads: Uploads | None = None) -> tuple:
     """Fool me tab: (before, photo, adversarial, after, summary, download) for a new photo:
     its label, and the last photo's adversarial result cleared."""
     cleared = (None, {}, gr.skip() if image is None else "", None)
     if image is None:
         return {}, gr.skip(), *cleared
     try:
-        photo = _photo(image, min_side=256)
+        photo = _photo(image, min_side=256, uploads=uploads)
     except gr.Error as exc:
         return {}, None, None, {}, _refusal(exc), None
     return _label_value(classifier.assess(photo, top_k=top_k)), gr.skip(), *cleared
 
 
-def inside_page(image: Any) -> tuple:
+def inside_page(image: Any, *, uploads: Uploads | None = None) -> tuple:
     """Inside the network tab: (photo, overlay, verdict, *grids) for a new photo: the last
     photo's explanation cleared, a refused file answered in place."""
     grids = (None,) * len(DEPTHS)
     if image is None:
         return gr.skip(), None, gr.skip(), *grids
     try:
-        _photo(image, min_side=256)
+        _photo(image, min_side=256, uploads=uploads)
     except gr.Error as exc:
         return None, None, _refusal(exc), *grids
     return gr.skip(), None, "", *grids
 
 
-def assess(image: Any, *, classifier, top_k: int = 3) -> dict[str, Any]:
+def assess(image: Any, *, classifier, top_k: int = 3, uploads: Uploads | None = None) -> dict[str, Any]:
     """The ``/assess`` API: ``{"top": [[label, prob], ...], "is_pet": bool | None, "verdict",
     "score", "threshold", "refuse_threshold", "message"}`` (``verdict`` "pet", "unsure" or
     "not_pet", :mod:`training.verdict`; ``is_pet`` True for "pet" alone; these and the scores
     None for a model without an OOD score; ``message`` the caveat or warning, or None)."""
-    found = classifier.assess(_photo(image, min_side=256), top_k=top_k)
+    found = classifier.assess(_photo(image, min_side=256, uploads=uploads), top_k=top_k)
     return {"top": [[label, prob] for label, prob in found.top], "is_pet": found.is_pet, "verdict": found.verdict,
             "score": found.score, "threshold": found.threshold, "refuse_threshold": found.refuse_threshold,
             "message": found.message()}
@@ -272,6 +285,7 @@ def fool_me(
     model,
     labels: Sequence[str],
     steps: int | None = None,
+    uploads: Uploads | None = None,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[Image.Image, dict[str, float], dict[str, float], str, str]:
     """Fool me tab: a targeted adversarial version of the photo.
@@ -283,7 +297,7 @@ def fool_me(
     """
     from training.adversarial import fool
 
-    photo = _photo(image, min_side=512)
+    photo = _photo(image, min_side=512, uploads=uploads)
     if target not in labels:
         raise gr.Error(f"Unknown target {target!r}; choose one of: {', '.join(labels)}.")
     try:
@@ -398,13 +412,13 @@ def ideal(
 
 
 def explain_photo(
-    image: Any, label: str | None = None, *, model, labels: Sequence[str]
+    image: Any, label: str | None = None, *, model, labels: Sequence[str], uploads: Uploads | None = None
 ) -> tuple[Image.Image, str, Image.Image, Image.Image, Image.Image]:
     """Inside the network tab: the Grad-CAM overlay, a one-line verdict and the feature-map
     grids of the early, middle and late layers."""
     from training.explain import explain
 
-    photo = _photo(image, min_side=256)
+    photo = _photo(image, min_side=256, uploads=uploads)
     label = label or None  # an empty dropdown means "the top prediction"
     if label is not None and label not in labels:
         raise gr.Error(f"Unknown label {label!r}; choose one of: {', '.join(labels)}.")
@@ -467,6 +481,8 @@ def build_demo(
         )
     names = english_list(labels, "and")
     photos = list_examples(examples)
+    # The only files a visitor's photo may be read from (the API accepts any JSON path).
+    uploads = Uploads(Path(examples) if examples is not None else EXAMPLES_DIR)
     heavy = dict(concurrency_id="torch", concurrency_limit=heavy_concurrency)
 
     # No usage analytics: visitors' uploads are nobody else's business, and the app must
@@ -491,14 +507,14 @@ def build_demo(
                 gr.Examples(photos, inputs=photo, label="Or try one of these")
             page = dict(api_visibility="private", preprocess=False, postprocess=False,
                         concurrency_limit=classify_concurrency, concurrency_id="classify")
-            photo.change(_bind(classify_page, classifier=classifier), photo, [top, photo, not_a_pet],
+            photo.change(_bind(classify_page, classifier=classifier, uploads=uploads), photo, [top, photo, not_a_pet],
                          show_progress="minimal", **page)
             # Removing the photo removes its warning (or refusal), in the browser at once.
             photo.clear(None, None, not_a_pet, js="() => ''", api_visibility="private", queue=False)
 
             def classify_api(image: FileData) -> dict:
                 """The top-3 labels of a photo, as gr.Label's value: {"label", "confidences"}."""
-                return _label_data(list((classify(image, classifier=classifier) or {}).items()))
+                return _label_data(list((classify(image, classifier=classifier, uploads=uploads) or {}).items()))
 
             gr.api(classify_api, api_name="classify", concurrency_limit=classify_concurrency, concurrency_id="classify")
 
@@ -506,7 +522,7 @@ def build_demo(
                 """Top-3 labels and whether the photo looks like a pet at all (the model's
                 out-of-distribution verdict): {"top", "is_pet", "verdict", "score", "threshold",
                 "refuse_threshold", "message"}."""
-                return assess(image, classifier=classifier)
+                return assess(image, classifier=classifier, uploads=uploads)
 
             gr.api(assess_api, api_name="assess", concurrency_limit=classify_concurrency, concurrency_id="classify")
 
@@ -531,12 +547,12 @@ def build_demo(
             if photos:
                 gr.Examples(photos, inputs=fool_in, label="Example photos")
             # The "before" label as soon as a photo is in: the visitor sees what they start from.
-            fool_in.change(_bind(fool_page, classifier=classifier), fool_in,
+            fool_in.change(_bind(fool_page, classifier=classifier, uploads=uploads), fool_in,
                            [fool_before, fool_in, fool_out, fool_after, fool_summary, fool_file],
                            show_progress="minimal", **page)
             fool_in.clear(None, None, fool_summary, js="() => ''", api_visibility="private", queue=False)
             fool_btn.click(
-                _bind(fool_me, classifier=classifier, model=model, labels=labels, steps=fool_steps),
+                _bind(fool_me, classifier=classifier, model=model, labels=labels, steps=fool_steps, uploads=uploads),
                 [fool_in, target, strength, robust], [fool_out, fool_before, fool_after, fool_summary, fool_file],
                 api_name="fool_me", preprocess=False, **heavy,
             )
@@ -580,10 +596,10 @@ def build_demo(
                                               interactive=False))
             if photos:
                 gr.Examples(photos, inputs=inside_in, label="Example photos")
-            inside_in.change(inside_page, inside_in, [inside_in, overlay, verdict, *grids], **page)
+            inside_in.change(_bind(inside_page, uploads=uploads), inside_in, [inside_in, overlay, verdict, *grids], **page)
             inside_in.clear(None, None, verdict, js="() => ''", api_visibility="private", queue=False)
             inside_btn.click(
-                _bind(explain_photo, model=model, labels=labels),
+                _bind(explain_photo, model=model, labels=labels, uploads=uploads),
                 [inside_in, inside_label], [overlay, verdict, *grids],
                 api_name="explain", preprocess=False, **heavy,
             )

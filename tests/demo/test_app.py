@@ -136,14 +136,16 @@ def test_page_handlers_answer_a_refused_file_in_place_and_clear_the_last_result(
     import gradio as gr
 
     from demo.app import fool_page, inside_page
+    from demo.uploads import Uploads
 
     classifier = demo_models[0]
     bad, word = hostile["non-image"]
-    before, photo, adv, after, summary, download = fool_page(str(bad), classifier=classifier)
+    uploads = Uploads(bad.parent, photos["dog"].parent)  # as if both had been uploaded
+    before, photo, adv, after, summary, download = fool_page(str(bad), classifier=classifier, uploads=uploads)
     assert (before, photo, adv, after, download) == ({}, None, None, {}, None) and word in summary
-    before, photo, adv, after, summary, download = fool_page(str(photos["dog"]), classifier=classifier)
+    before, photo, adv, after, summary, download = fool_page(str(photos["dog"]), classifier=classifier, uploads=uploads)
     assert before["label"] == "dog" and photo == gr.skip() and adv is None and summary == ""
-    photo, overlay, verdict, *grids = inside_page(str(bad))
+    photo, overlay, verdict, *grids = inside_page(str(bad), uploads=uploads)
     assert photo is None and overlay is None and word in verdict and grids == [None, None, None]
-    photo, overlay, verdict, *grids = inside_page(str(photos["cat"]))
+    photo, overlay, verdict, *grids = inside_page(str(photos["cat"]), uploads=uploads)
     assert overlay is None and verdict == "" and grids == [None, None, None]

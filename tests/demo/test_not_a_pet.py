@@ -8,6 +8,7 @@ import socket
 
 import pytest
 from gradio_client import Client, handle_file
+from PIL import Image
 
 from tests.conftest import LABELS, shifted_photo, synthetic_photo
 
@@ -64,16 +65,16 @@ def test_the_tab_shows_the_verdict_and_no_big_label_for_a_non_pet(ood_models, im
     from demo.app import classify_page
 
     ood_clf = ood_models[0]
-    label, _, note = classify_page(images["stripes"], classifier=ood_clf)
+    label, _, note = classify_page(Image.open(images["stripes"]), classifier=ood_clf)
     closest = label["confidences"][0]["label"]
     assert NOT_A_PET in note and f"guess: {closest}" in note
     # The big label does not read "dog" over the warning; the probabilities stay.
     assert label["label"] == "Not a cat or a dog?" and closest in LABELS
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
-    label, _, note = classify_page(images["cat"], classifier=ood_clf)
+    label, _, note = classify_page(Image.open(images["cat"]), classifier=ood_clf)
     assert note == "" and label["label"] == "cat"
     # A model without an OOD score never warns, whatever the photo.
-    label, _, note = classify_page(images["stripes"], classifier=demo_models[0])
+    label, _, note = classify_page(Image.open(images["stripes"]), classifier=demo_models[0])
     assert note == "" and label["label"] in LABELS
 
 
@@ -86,12 +87,12 @@ def test_a_photo_between_the_thresholds_says_probably_with_a_caveat(ood_models, 
 
     score = ood_models[0].assess(images["cat"]).score
     clf = Classifier.load(with_ood_thresholds(tiny_ood_onnx, tmp_path / "unsure.onnx", score / 2, score * 2))
-    label, _, note = classify_page(images["cat"], classifier=clf)
+    label, _, note = classify_page(Image.open(images["cat"]), classifier=clf)
     top, prob = label["confidences"][0]["label"], label["confidences"][0]["confidence"]
     assert label["label"] == f"Probably a {top}"  # not a bare "cat", and not "Not a cat or a dog?"
     assert note.startswith(f"ℹ️ **Probably a {top} ({prob:.0%}), but this photo is unlike the ones I learned from.**")
     assert "maybe not a cat or a dog at all" in note
-    found = assess(images["cat"], classifier=clf)
+    found = assess(Image.open(images["cat"]), classifier=clf)
     assert (found["verdict"], found["is_pet"]) == ("unsure", False)
     assert found["threshold"] < found["score"] <= found["refuse_threshold"]
-    assert assess(images["cat"], classifier=ood_models[0])["verdict"] == "pet"
+    assert assess(Image.open(images["cat"]), classifier=ood_models[0])["verdict"] == "pet"
