@@ -108,8 +108,8 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
             return app_commands.choices(**{param: [app_commands.Choice(name=n, value=n) for n in labels]})
         return app_commands.autocomplete(**{param: complete_label})
 
-    strength_choices = [app_commands.Choice(name=f"{name} ({round(eps * 255)}/255 per pixel)", value=name)
-                        for name, eps in STRENGTHS.items()]
+    strength_choices = [app_commands.Choice(name=f"{name} ({levels}/255 per pixel)", value=name)
+                        for name, levels in STRENGTHS.items()]
 
     @tree.command(name="classify")
     @app_commands.describe(image="a photo of your pet (JPEG, PNG, WebP, GIF...)")

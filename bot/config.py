@@ -11,24 +11,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service import Limits
+from service.jobs import STRENGTHS  # noqa: F401  (the /fool-me choices, in grey levels)
+
 DEFAULT_MODEL = Path("models/catsdogs.onnx")
 DEFAULT_CHECKPOINT = Path("models/catsdogs.pt")
 
-# Strength of /fool-me as an L-inf budget in 8-bit steps: 2/255 is invisible on a photo.
 # Hosts PETLENS_DISCORD_URL may name: the emulator runs on this machine, never elsewhere, so a
 # stray setting cannot send the token or fetch attachments from another host.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-STRENGTHS = {"subtle": 1 / 255, "normal": 2 / 255, "strong": 4 / 255}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What an upload may be; plain values so they travel to worker processes."""
-
-    max_bytes: int = 10 * 1024 * 1024  # Discord's own limit for most users
-    max_pixels: int = 40_000_000
-    max_output_side: int = 1024  # images the bot sends back (Discord caps uploads at 10 MB)
+# Discord's own upload limit for most users; the pixel limit and the working size are the service's.
+DISCORD_MAX_BYTES = 10 * 1024 * 1024
+BOT_LIMITS = Limits(max_bytes=DISCORD_MAX_BYTES)
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ class Settings:
 
     model: Path = DEFAULT_MODEL
     checkpoint: Path | None = DEFAULT_CHECKPOINT
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = BOT_LIMITS
     workers: int = 2  # threads (or processes) for /classify
     max_heavy: int = 2  # concurrent /fool-me, /ideal, /explain jobs, bot-wide
     max_queued: int = 128  # /classify requests in flight (memory: at most this × max_bytes)
@@ -50,6 +45,9 @@ class Settings:
     sync: bool = True
     shards: int | None = None  # None: as many as Discord recommends (GET /gateway/bot)
     download_timeout_s: float = 20.0  # an attachment must arrive from the CDN within this
+    # The most a job may take from the interaction to the answer (queue, download, compute,
+    # retries): Discord's interaction token lives 15 minutes, so a reply must be sent well before.
+    job_timeout_s: float = 600.0
     # Test-only: a local Discord emulator's origin (http://127.0.0.1:PORT) from
     # $PETLENS_DISCORD_URL; the API, the gateway and attachment downloads then go there.
     discord_url: str | None = None
@@ -78,16 +76,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", default=_env("PETLENS_CHECKPOINT", DEFAULT_CHECKPOINT),
                    help="torch checkpoint for /fool-me, /ideal and /explain; 'none' disables them "
                         "(env PETLENS_CHECKPOINT; default %(default)s)")
-    g.add_argument("--max-bytes", type=int, default=_env("PETLENS_MAX_BYTES", Limits.max_bytes),
+    g.add_argument("--max-bytes", type=int, default=_env("PETLENS_MAX_BYTES", BOT_LIMITS.max_bytes),
                    help="largest upload accepted, in bytes (env PETLENS_MAX_BYTES; default %(default)s)")
-    g.add_argument("--max-pixels", type=int, default=_env("PETLENS_MAX_PIXELS", Limits.max_pixels),
+    g.add_argument("--max-pixels", type=int, default=_env("PETLENS_MAX_PIXELS", BOT_LIMITS.max_pixels),
                    help="largest upload accepted, width×height (env PETLENS_MAX_PIXELS; default %(default)s)")
-    g.add_argument("--max-output-side", type=int, default=_env("PETLENS_MAX_OUTPUT_SIDE", Limits.max_output_side),
-                   help="longest side of images sent back (env PETLENS_MAX_OUTPUT_SIDE; default %(default)s)")
+    g.add_argument("--max-output-side", type=int, default=_env("PETLENS_MAX_OUTPUT_SIDE", BOT_LIMITS.max_side),
+                   help="longest side heavy jobs work at and send back (env PETLENS_MAX_OUTPUT_SIDE; default %(default)s)")
     g.add_argument("--fool-steps", type=int, default=_env("PETLENS_FOOL_STEPS", None),
                    help="attack steps for /fool-me (env PETLENS_FOOL_STEPS; default: the attack's own)")
     g.add_argument("--ideal-steps", type=int, default=_env("PETLENS_IDEAL_STEPS", None),
                    help="optimization steps for /ideal (env PETLENS_IDEAL_STEPS; default: ideal_image's own)")
+    g.add_argument("--job-timeout", type=float, default=_env("PETLENS_JOB_TIMEOUT", Settings.job_timeout_s),
+                   help="seconds a command may take from the interaction to the answer, all included; Discord's "
+                        "interaction token lives 15 minutes (env PETLENS_JOB_TIMEOUT; default %(default)s)")
     g.add_argument("--download-timeout", type=float,
                    default=_env("PETLENS_DOWNLOAD_TIMEOUT", Settings.download_timeout_s),
                    help="seconds an attachment may take to download from Discord's CDN "
@@ -128,7 +129,7 @@ def from_args(args: argparse.Namespace, token: str | None = None) -> Settings:
     ``$DISCORD_TOKEN``. Raises ``ValueError`` with a readable message on nonsense values."""
     ckpt = getattr(args, "checkpoint", DEFAULT_CHECKPOINT)
     checkpoint = None if ckpt is None or str(ckpt).lower() in ("", "none") else Path(ckpt)
-    limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_output_side=args.max_output_side)
+    limits = Limits(max_bytes=int(args.max_bytes), max_pixels=int(args.max_pixels), max_side=int(args.max_output_side))
     settings = Settings(
         model=Path(args.model),
         checkpoint=checkpoint,
@@ -145,6 +146,7 @@ def from_args(args: argparse.Namespace, token: str | None = None) -> Settings:
         sync=getattr(args, "sync", True),
         shards=getattr(args, "shards", None),
         download_timeout_s=float(getattr(args, "download_timeout", Settings.download_timeout_s)),
+        job_timeout_s=float(getattr(args, "job_timeout", Settings.job_timeout_s)),
         discord_url=os.environ.get("PETLENS_DISCORD_URL") or None,
         token=(os.environ.get("DISCORD_TOKEN", "") if token is None else token).strip(),
     )
@@ -156,7 +158,7 @@ def validate(s: Settings) -> None:
     """Refuse settings that would make the bot misbehave later, naming the fix."""
     positive = {"--workers": s.workers, "--max-heavy": s.max_heavy, "--max-queued": s.max_queued,
                 "--max-bytes": s.limits.max_bytes, "--max-pixels": s.limits.max_pixels,
-                "--max-output-side": s.limits.max_output_side}
+                "--max-output-side": s.limits.max_side}
     for flag, value in positive.items():
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
@@ -169,6 +171,9 @@ def validate(s: Settings) -> None:
         raise ValueError(f"--shards must be at least 1, got {s.shards}")
     if s.download_timeout_s <= 0:
         raise ValueError(f"--download-timeout must be positive, got {s.download_timeout_s}")
+    if not 0 < s.job_timeout_s <= 840:
+        raise ValueError(f"--job-timeout must be between 0 and 840 s (Discord's interaction token lives 15 minutes), "
+                         f"got {s.job_timeout_s}")
     if s.discord_url is not None:
         from .download import origin
 

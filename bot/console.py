@@ -81,8 +81,9 @@ def _posted_image(handlers, args: argparse.Namespace, downloader):
     there is none; only Discord's CDN is ever contacted (see :mod:`bot.download`)."""
     from types import SimpleNamespace
 
+    from service import UserError
+
     from .handlers import Upload, first_image, no_image_reply
-    from .work import UserError
 
     try:
         message = json.loads(args.message_json.read_text())
@@ -135,8 +136,9 @@ async def _on(handlers, args: argparse.Namespace, upload):
 def main(args: argparse.Namespace) -> int:
     """Run one command; prints the JSON line and returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from service import UserError
+
     from .handlers import ConfigError, Handlers
-    from .work import UserError
 
     try:
         # classify and about never touch the checkpoint: skip importing torch to check it.

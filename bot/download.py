@@ -15,7 +15,7 @@ import logging
 import aiohttp
 import yarl
 
-from .work import UserError
+from service import UserError
 
 log = logging.getLogger("petlens.bot")
 

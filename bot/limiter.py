@@ -65,6 +65,16 @@ class Limiter:
                           f"try again in {math.ceil(wait)} s.", wait)
 
     @contextmanager
+    def waiting(self, user: Hashable) -> Iterator[None]:
+        """Count ``user`` as busy (a second request of theirs is refused) while their job gets
+        ready (the download), without holding one of the ``capacity`` slots."""
+        self.busy_users.add(user)
+        try:
+            yield
+        finally:
+            self.busy_users.discard(user)
+
+    @contextmanager
     def slot(self, user: Hashable) -> Iterator[None]:
         """Hold one of the ``capacity`` slots for the duration of the ``with`` block."""
         self.check(user)

@@ -24,7 +24,7 @@ from pathlib import Path
 from training.cli import make_parser, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("training", "export", "demo")
+PACKAGES = ("training", "export", "service", "demo")
 EXTRAS = ("demo",)  # pyproject extras the demo needs on top of the base dependencies
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 FRONT_MATTER = """\

@@ -9,6 +9,7 @@ limits, so decompression bombs cost nothing, and it decodes big JPEGs at reduced
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import re
@@ -152,7 +153,9 @@ _MAGIC = {
 }
 
 
-def _magic_format(data: bytes) -> str | None:
+def sniff_format(data: bytes) -> str | None:
+    """The image format the bytes start like ("JPEG", "PNG", "WebP", ...), whatever a file's
+    name or label says; None when they start like none of the formats read here."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     return next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
@@ -205,10 +208,11 @@ def _bomb_error(name: str, exc: Exception, max_pixels: int) -> ImageTooLargeErro
     )
 
 
-def _shrink(img: Image.Image, min_side: int) -> Image.Image:
-    """Integer-factor box reduction keeping the shorter side >= 2 * ``min_side`` (so the
-    antialiased resize that follows still sees more pixels than it keeps)."""
-    factor = min(img.size) // (2 * min_side)
+def _shrink(img: Image.Image, side: int, longest: bool = False) -> Image.Image:
+    """Integer-factor box reduction keeping the shorter side (``longest``: the longer one)
+    >= 2 * ``side`` (so the antialiased resize that follows still sees more pixels than it
+    keeps)."""
+    factor = (max(img.size) if longest else min(img.size)) // (2 * side)
     if factor < 2:
         return img
     if img.mode in ("1", "P", "I;16", "I;16L", "I;16B", "I;16N"):  # modes reduce() cannot do
@@ -216,10 +220,28 @@ def _shrink(img: Image.Image, min_side: int) -> Image.Image:
     return img.reduce(factor)
 
 
+def _bound(img: Image.Image, max_side: int) -> Image.Image:
+    """``img`` (RGB) with its longest side at most ``max_side`` (Lanczos)."""
+    if max(img.size) <= max_side:
+        return img
+    scale = max_side / max(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+
+
+def _release_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps a big decode's buffers otherwise,
+    and a bot that once decoded a 40-megapixel upload would stay hundreds of MB larger)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def load_image(
     src: ImageSource,
     *,
     min_side: int | None = None,
+    max_side: int | None = None,
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_BYTES,
 ) -> Image.Image:
@@ -229,7 +251,10 @@ def load_image(
     only needs the shorter side to be at least this many pixels (e.g. 256 for
     classification); big JPEGs are then decoded at 1/2, 1/4 or 1/8 scale (DCT scaling,
     ``Image.draft``) and other big images box-reduced, which makes a 35-megapixel photo
-    cost a fraction of a second. Animated images give their first frame; transparency is
+    cost a fraction of a second. ``max_side``: the caller works at most at this size (the
+    heavy jobs): the returned image's longest side is at most ``max_side``, reached by the same
+    reduced-scale decoding and a Lanczos resize, and a big upload's full-size pixels are freed
+    (and handed back to the system) before this returns. Animated images give their first frame; transparency is
     composited on white. Raises an :class:`ImageError` subclass whose message a person can
     act on; geometry is checked from the header before any pixel is decoded.
 
@@ -239,7 +264,7 @@ def load_image(
     """
     if isinstance(src, Image.Image):
         check_size(src.width, src.height, max_pixels=max_pixels)
-        return _decode(src, "the image", min_side, max_pixels)
+        return _decode(src, "the image", min_side, max_pixels, max_side)
     data, name = _read_source(src, max_bytes)
     reason = _sniff_unsupported(data)
     if reason:
@@ -249,7 +274,7 @@ def load_image(
     except Image.DecompressionBombError as exc:
         raise _bomb_error(name, exc, max_pixels) from exc
     except UnidentifiedImageError as exc:
-        fmt = _magic_format(data)
+        fmt = sniff_format(data)
         if fmt:  # the right signature, but Pillow could not parse what follows
             raise CorruptImageError(f"{name} starts like a {fmt} file but is damaged or cut short; re-save or re-send the photo.") from exc
         raise NotAnImageError(f"{name} is not an image this service can read. Send a {SUPPORTED} file.") from exc
@@ -263,20 +288,27 @@ def load_image(
             f"image too large: {name} declares {img.width}×{img.height} pixels in only {_human_bytes(len(data))}, "
             "which only decompression bombs do. Send a real photo."
         )
-    if min_side and draftable and min(img.size) > 2 * min_side:
-        # Ask libjpeg for the smallest 1/2, 1/4 or 1/8 scale that keeps min_side.
-        scale = min_side / min(img.size)
+    if draftable and ((min_side and min(img.size) > 2 * min_side) or (max_side and max(img.size) > 2 * max_side)):
+        # Ask libjpeg for the smallest 1/2, 1/4 or 1/8 scale that keeps min_side (or max_side).
+        scale = min_side / min(img.size) if min_side else max_side / max(img.size)
         img.draft(img.mode, (max(1, int(img.width * scale + 1)), max(1, int(img.height * scale + 1))))
-    return _decode(img, name, min_side, max_pixels)
+    decoded = _decode(img, name, min_side, max_pixels, max_side)
+    if pixels > BOMB_MIN_PIXELS:
+        del img
+        _release_memory()
+    return decoded
 
 
-def _decode(img: Image.Image, name: str, min_side: int | None, max_pixels: int) -> Image.Image:
+def _decode(img: Image.Image, name: str, min_side: int | None, max_pixels: int,
+            max_side: int | None = None) -> Image.Image:
     """Load the pixels (first frame), orient, shrink, convert; decoder failures -> ImageError."""
     try:
         img.load()
         img = _exif_transpose(img)
         if min_side:
             img = _shrink(img, min_side)
+        if max_side:
+            return _bound(_to_rgb(_shrink(img, max_side, longest=True)), max_side)
         return _to_rgb(img)
     except Image.DecompressionBombError as exc:
         raise _bomb_error(name, exc, max_pixels) from exc

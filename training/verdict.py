@@ -28,3 +28,11 @@ def verdict(score: float, threshold: float, refuse_threshold: float | None = Non
     if refuse_threshold is not None and score <= refuse_threshold:
         return UNSURE
     return NOT_PET
+
+
+def fooled(label: str, pet_verdict: str | None, target: str) -> bool:
+    """Whether a photo's whole verdict is ``target``, as ``/classify`` would give it: that label,
+    and the plain "pet" answer (``pet_verdict`` None: a model without "is it a pet?"
+    statistics, where the label alone decides). "unsure" is not fooled: /classify would add
+    that the photo is unlike the ones it learned from."""
+    return label == target and pet_verdict in (None, PET)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Limits, Settings
+from bot.config import BOT_LIMITS, Settings
 from tests.bot.bot_uploads import hostile_uploads
 
 FOOL_STEPS = 10  # enough for the tiny model; keeps the heavy tests fast
@@ -29,7 +29,7 @@ def bot_onnx(request, tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bot_settings(bot_onnx, tiny_checkpoint) -> Settings:
     """Settings over the tiny model, no cooldowns (tests that need them set their own)."""
-    return Settings(model=bot_onnx, checkpoint=Path(tiny_checkpoint), limits=Limits(),
+    return Settings(model=bot_onnx, checkpoint=Path(tiny_checkpoint), limits=BOT_LIMITS,
                     cooldown_s=0.0, classify_cooldown_s=0.0, fool_steps=FOOL_STEPS, ideal_steps=20)
 
 

@@ -38,7 +38,7 @@ def test_classify_names_the_pet(tmp_path, model_flags, label):
     status, reply = console("classify", "--image", str(photo), *model_flags, cwd=tmp_path)
     assert status == 0 and reply["ok"] and reply["files"] == []
     first = reply["text"].splitlines()[0]
-    assert first == f"I see a {label}"
+    assert first == f"A {label}"
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "text-named-png", "svg", "decompression-bomb", "cmyk"])
@@ -47,7 +47,7 @@ def test_bad_files_are_replies_not_crashes(tmp_path, model_flags, hostile, kind)
     status, reply = console("classify", "--image", str(path), *model_flags, cwd=tmp_path)
     assert status == 0
     if expect == "cat":
-        assert reply["ok"] and reply["text"].startswith("I see a cat")
+        assert reply["ok"] and reply["text"].startswith("A cat")
     else:
         assert not reply["ok"] and expect.lower() in reply["text"].lower(), reply
 

@@ -65,7 +65,7 @@ def test_classify_defers_within_3s_then_answers_publicly(live):
     assert it.response_type == 5 and it.acked_at - it.dispatched_at < validate.ACK_WINDOW_S
     (answer,) = it.messages
     assert answer.kind == "followup" and not answer.ephemeral
-    assert answer.embeds[0]["title"] == "I see a dog"
+    assert answer.embeds[0]["title"] == "A dog"
 
 
 def test_fool_me_sends_a_png_the_onnx_model_calls_a_cat(live):
@@ -81,7 +81,7 @@ def test_fool_me_sends_a_png_the_onnx_model_calls_a_cat(live):
 
 def test_ideal_and_explain_send_their_pictures(live):
     it = ask(live, "ideal", {"label": "dog"})
-    assert list(it.answer.files) == ["ideal-dog.png"] and it.answer.embeds[0]["title"] == "The ideal dog"
+    assert list(it.answer.files) == ["ideal-dog-seed0.png"] and it.answer.embeds[0]["title"] == "The ideal dog"
     it = ask(live, "explain", {"image": attach(live.emu, "cat", 9, "tom.png")})
     assert list(it.answer.files) == ["tom-gradcam.png"] and it.answer.embeds[0]["title"] == "Why cat?"
 
@@ -97,7 +97,7 @@ def test_classify_photo_menu_uses_the_first_image_of_a_posted_message(live):
     notes = emu.add_attachment("notes.txt", b"not a photo", "text/plain")
     msg = emu.posted([notes, attach(emu, "cat", 4), attach(emu, "dog", 4)], content="look at my cat")
     it = menu(live, "Classify photo", msg)
-    assert it.response_type == 5 and it.answer.embeds[0]["title"] == "I see a cat"
+    assert it.response_type == 5 and it.answer.embeds[0]["title"] == "A cat"
     assert [f.requests for f in list(emu.cdn.values())[-3:]] == [0, 1, 0]  # only the first image
 
 

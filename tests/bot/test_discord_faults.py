@@ -83,7 +83,7 @@ def test_429_on_the_follow_up_is_retried_after_retry_after(live):
     fault = emu.fail("POST", r"^/api/v10/webhooks/", 429, retry_after=1.5)
     it = live.run(emu.invoke("classify", {"image": attach(emu, "cat", 3)}))
     live.run(emu.answered(it, 30), 40)
-    assert len(fault.hits) == 1 and it.answer.embeds[0]["title"] == "I see a cat"
+    assert len(fault.hits) == 1 and it.answer.embeds[0]["title"] == "A cat"
     assert it.answered_at - fault.hits[0] >= 1.5
     assert "rate limited" in live.log.text()
 
@@ -93,7 +93,7 @@ def test_500_on_the_follow_up_is_retried_and_the_bot_keeps_serving(live):
     fault = emu.fail("POST", r"^/api/v10/webhooks/", 500)
     it = live.run(emu.invoke("classify", {"image": attach(emu, "dog", 3)}))
     live.run(emu.answered(it, 30), 40)
-    assert len(fault.hits) == 1 and it.answer.embeds[0]["title"] == "I see a dog"
+    assert len(fault.hits) == 1 and it.answer.embeds[0]["title"] == "A dog"
     statuses = [r.status for r in emu.requests if r.path.startswith("/api/v10/webhooks/") and r.at >= it.dispatched_at]
     assert statuses[:2] == [500, 200]
     later = live.run(emu.invoke("about"))
@@ -117,7 +117,7 @@ def test_attachment_faults_get_a_private_answer_and_free_the_pools(live, fault, 
     assert time.monotonic() - start < 15
     assert pools_idle(live.handlers)
     ok = live.run(emu.invoke("classify", {"image": attach(emu, "cat", 3)}))  # nothing is stuck
-    assert live.run(emu.answered(ok, 30), 40).answer.embeds[0]["title"] == "I see a cat"
+    assert live.run(emu.answered(ok, 30), 40).answer.embeds[0]["title"] == "A cat"
 
 
 def test_rejected_token_exits_with_status_3(live, bot_onnx):

@@ -31,9 +31,9 @@ def test_both_shards_identify_and_answer(sharded):
         att = emu.add_attachment(f"cat{shard}.png", data, "image/png", width=w, height=h)
         it = sharded.run(emu.invoke("classify", {"image": att}, shard=shard))
         sharded.run(emu.answered(it, 30), 40)
-        assert it.shard == shard and it.answer.embeds[0]["title"] == "I see a cat"
+        assert it.shard == shard and it.answer.embeds[0]["title"] == "A cat"
         about = sharded.run(emu.invoke_message_menu("Classify photo", emu.posted([att]), shard=shard))
-        assert sharded.run(emu.answered(about, 30), 40).answer.embeds[0]["title"] == "I see a cat"
+        assert sharded.run(emu.answered(about, 30), 40).answer.embeds[0]["title"] == "A cat"
     assert emu.violations == []
 
 

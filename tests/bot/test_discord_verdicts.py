@@ -49,13 +49,13 @@ def test_classify_answers_each_band_in_words_discord_accepts(band, photo):
     (answer,) = it.messages
     assert not answer.ephemeral and emu.violations == []
     title, text = answer.embeds[0]["title"], answer.embeds[0]["description"]
-    label = live.handlers.classifier.predict(photo, top_k=1)[0][0]
+    label = live.handlers.service.classifier.predict(photo, top_k=1)[0][0]
     if verdict == "pet":
-        assert title == f"I see a {label}" and "unlike" not in text
+        assert title == f"A {label}" and "unlike" not in text
     elif verdict == "unsure":
         assert title == f"Probably a {label}"
-        assert text.startswith(f"Probably a {label} (") and "unlike the ones I learned from" in text
+        assert text.startswith(f"**Probably a {label} (") and "unlike the ones I learned from" in text
     else:
-        assert title == "That doesn't look like a pet"
-        assert text.startswith(f"This doesn't look like a cat or a dog — closest guess: {label}")
+        assert title == "Not a cat or a dog?"
+        assert text.startswith(f"**This doesn't look like a cat or a dog — closest guess: {label}")
     assert f"**{label}**" in text  # the bars, top label first, in every band

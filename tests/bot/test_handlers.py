@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 
-from bot.config import Limits
-from bot.handlers import ConfigError, Handlers, Upload, check_upload, top_k_text
+from bot.config import BOT_LIMITS
+from bot.handlers import ConfigError, Handlers, Upload, top_k_text
+from service.photos import check_metadata
 from tests.bot.bot_uploads import photo_bytes
 
 
@@ -28,13 +29,13 @@ def upload(name="a.png", ctype="image/png", size=1000, width=None, height=None) 
     (upload(width=9000, height=9000), "9000×9000"),
 ])
 def test_check_upload_refuses_from_metadata(up, words):
-    assert words in check_upload(up, Limits())
+    assert words in check_metadata(up.filename, up.content_type, up.size, up.width, up.height, BOT_LIMITS)
 
 
 @pytest.mark.parametrize("up", [upload(), upload(ctype=None), upload(ctype="image/jpeg; charset=binary"),
                                 upload(width=6000, height=4000)])
 def test_check_upload_lets_plausible_photos_through(up):
-    assert check_upload(up, Limits()) is None
+    assert check_metadata(up.filename, up.content_type, up.size, up.width, up.height, BOT_LIMITS) is None
 
 
 def test_top_k_text_is_sorted_bars():
@@ -54,7 +55,7 @@ def test_process_pool_serves_the_same_answers(make_handlers):
     """--pool process: the jobs and their results cross process boundaries (pickling)."""
     h = make_handlers(pool="process", workers=1, max_heavy=1, checkpoint=None)
     reply = asyncio.run(h.classify(Upload("c.png", "image/png", 10, None, None, _bytes(photo_bytes("cat", 2)))))
-    assert reply.ok and reply.title == "I see a cat"
+    assert reply.ok and reply.title == "A cat"
     bad = asyncio.run(h.classify(Upload("c.png", "image/png", 10, None, None, _bytes(b"not a png"))))
     assert not bad.ok and "not an image" in bad.text  # ImageError crosses back intact
 

@@ -36,17 +36,17 @@ def test_shifted_images_are_called_not_a_pet_with_the_closest_guess(ood_bot, kin
     it = classify(ood_bot, png(SHIFTED[kind]), f"{kind}.png")
     embed = it.answer.embed
     assert embed is not None and not it.answer.ephemeral  # an answer, not an error
-    assert embed.title == "That doesn't look like a pet"
+    assert embed.title == "Not a cat or a dog?"
     first, *bars = embed.description.splitlines()
-    guess = ood_bot.handlers.classifier.predict(png(SHIFTED[kind]), top_k=1)[0]
-    assert first == f"{NOT_A_PET} {guess[0]} {guess[1]:.0%}"
+    guess = ood_bot.handlers.service.classifier.predict(png(SHIFTED[kind]), top_k=1)[0]
+    assert first.startswith(f"**{NOT_A_PET} {guess[0]} {guess[1]:.0%}.** The network only knows cat and dog")
     assert f"**{guess[0]}**" in bars[0]  # the top-k bars are still there
 
 
 @pytest.mark.parametrize("label", ["cat", "dog"])
 def test_pets_get_the_usual_answer(ood_bot, label):
     it = classify(ood_bot, photo_bytes(label, seed=2), f"{label}.png")
-    assert it.answer.embed.title == f"I see a {label}"
+    assert it.answer.embed.title == f"A {label}"
     assert "doesn't look like" not in it.text
 
 
@@ -59,7 +59,7 @@ def test_console_says_it_too(tmp_path, tiny_ood_onnx, tiny_ood_checkpoint):
     reply = json.loads(proc.stdout)
     assert proc.returncode == 0 and reply["ok"]
     title, first, *_ = reply["text"].splitlines()
-    assert title == "That doesn't look like a pet" and first.startswith(NOT_A_PET)
+    assert title == "Not a cat or a dog?" and first.startswith(f"**{NOT_A_PET}")
 
 
 def test_a_photo_between_the_thresholds_gets_an_answer_with_a_caveat(make_handlers, tiny_ood_onnx,
@@ -77,6 +77,6 @@ def test_a_photo_between_the_thresholds_gets_an_answer_with_a_caveat(make_handle
     label, prob = Classifier.load(model).predict(data, top_k=1)[0]
     assert not it.answer.ephemeral and it.answer.embed.title == f"Probably a {label}"
     first, *bars = it.answer.embed.description.splitlines()
-    assert first == (f"Probably a {label} ({prob:.0%}), but this photo is unlike the ones I learned from: maybe a "
+    assert first == (f"**Probably a {label} ({prob:.0%}), but this photo is unlike the ones I learned from:** maybe a "
                      "breed or a setting it has seen few of, or maybe not a cat or a dog at all.")
     assert f"**{label}**" in bars[0] and "doesn't look like" not in it.text

@@ -67,14 +67,34 @@ def demo_models(tiny_onnx, tiny_checkpoint):
     return Classifier.load(tiny_onnx), model, labels
 
 
+def make_service(classifier, checkpoint, **options):
+    """A :class:`service.Service` over a loaded classifier and a checkpoint file."""
+    from service import Service
+    from service.jobs import LocalJobs
+
+    return Service(classifier, LocalJobs(checkpoint), **{"fool_steps": FOOL_STEPS, "ideal_steps": IDEAL_STEPS,
+                                                        "ideal_size": 96, **options})
+
+
 @pytest.fixture(scope="session")
-def demo_url(demo_models, demo_examples) -> str:
+def demo_service(demo_models, tiny_checkpoint):
+    return make_service(demo_models[0], tiny_checkpoint)
+
+
+def make_ctx(service, *folders):
+    """What the tabs' handlers get, with photos allowed from ``folders`` (as if uploaded)."""
+    from demo.common import Ctx
+    from demo.uploads import Uploads
+
+    return Ctx(service, Uploads(*folders), [], {}, {}, {})
+
+
+@pytest.fixture(scope="session")
+def demo_url(demo_service, demo_examples) -> str:
     """The demo, built by ``build_demo`` on the tiny model, served in this process."""
     from demo.app import build_demo, launch
 
-    classifier, model, labels = demo_models
-    app = build_demo(classifier, model, labels, examples=demo_examples, fool_steps=FOOL_STEPS,
-                     ideal_steps=IDEAL_STEPS, ideal_size=96)
+    app = build_demo(demo_service, examples=demo_examples)
     _, url, _ = launch(app, host="127.0.0.1", port=_free_port(), examples=demo_examples,
                        prevent_thread_lock=True, quiet=True)
     yield url.rstrip("/")

@@ -61,7 +61,8 @@ def test_fool_me_fools_the_onnx_model(client, photos, demo_models):
 
 def test_ideal_image_forms_with_previews(client):
     job = client.submit("dog", 3, api_name="/ideal")
-    image_path, download = job.result(timeout=120)
+    image_path, download, summary = job.result(timeout=120)
+    assert summary.startswith("**Done:** the network's ideal dog, after 6 steps") and "sure it is a dog" in summary
     steps = job.outputs()  # everything the generator streamed: previews, then the final image
     assert len(steps) >= 3 and all(out[1] is None for out in steps[:-1])  # no download before the end
     img = Image.open(download)
@@ -95,7 +96,7 @@ def test_hostile_uploads_get_a_readable_error_and_the_server_keeps_serving(clien
 def test_bad_arguments_are_refused_with_the_choices(client, photos):
     with pytest.raises(AppError, match="cat, dog"):
         client.predict(handle_file(str(photos["dog"])), "hamster", 2, False, api_name="/fool_me")
-    with pytest.raises(AppError, match="32/255"):
+    with pytest.raises(AppError, match="from 1 to 16"):
         client.predict(handle_file(str(photos["dog"])), "cat", 99, False, api_name="/fool_me")
     with pytest.raises(AppError, match="hamster"):  # gradio's own check of the dropdown
         client.predict("hamster", 0, api_name="/ideal")
@@ -104,48 +105,44 @@ def test_bad_arguments_are_refused_with_the_choices(client, photos):
 # --------------------------------------------------------------------------- the tab functions
 
 
-def test_classify_function_on_a_pil_image_and_a_cleared_input(demo_models, make_photo):
-    from demo.app import classify
+def test_missing_photo_is_a_gr_error(demo_service):
+    from demo.tabs.inside import explain_photo
+    from tests.demo.conftest import make_ctx
 
-    classifier, _, _ = demo_models
-    probs = classify(make_photo("dog", 21), classifier=classifier)
-    assert max(probs, key=probs.get) == "dog"
-    assert classify(None, classifier=classifier) is None
-
-
-def test_missing_photo_is_a_gr_error(demo_models):
-    from demo.app import explain_photo
-
-    _, model, labels = demo_models
     with pytest.raises(gr.Error, match="Add a photo"):
-        explain_photo(None, model=model, labels=labels)
+        explain_photo(None, ctx=make_ctx(demo_service))
 
 
-def test_build_demo_refuses_mismatched_labels(demo_models):
-    from demo.app import build_demo
+def test_service_refuses_a_checkpoint_with_other_labels(tiny_onnx, tmp_path):
+    import torch
 
-    classifier, model, _ = demo_models
-    with pytest.raises(ValueError, match="labels"):
-        build_demo(classifier, model, ["dog", "cat"])
+    from service.jobs import ConfigError, Service
+    from training import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    other = save_checkpoint(tmp_path / "birds.pt", build_model("mobilenet_v3_small", 2), ["owl", "crow"])
+    with pytest.raises(ConfigError, match="owl"):
+        Service.load(tiny_onnx, other)
 
 
-def test_page_handlers_answer_a_refused_file_in_place_and_clear_the_last_result(demo_models, photos, hostile):
+def test_page_handlers_answer_a_refused_file_in_place_and_clear_the_last_result(demo_service, photos, hostile):
     """What the Fool me and Inside tabs do when a new photo lands: the old result goes, a
     refused file clears the input and says why (no exception: that would be a toast per
     firing of gradio's change event)."""
     import gradio as gr
 
-    from demo.app import fool_page, inside_page
-    from demo.uploads import Uploads
+    from demo.tabs.fool import fool_page
+    from demo.tabs.inside import inside_page
+    from tests.demo.conftest import make_ctx
 
-    classifier = demo_models[0]
     bad, word = hostile["non-image"]
-    uploads = Uploads(bad.parent, photos["dog"].parent)  # as if both had been uploaded
-    before, photo, adv, after, summary, download = fool_page(str(bad), classifier=classifier, uploads=uploads)
+    ctx = make_ctx(demo_service, bad.parent, photos["dog"].parent)  # as if both had been uploaded
+    before, photo, adv, after, summary, download = fool_page(str(bad), ctx=ctx)
     assert (before, photo, adv, after, download) == ({}, None, None, {}, None) and word in summary
-    before, photo, adv, after, summary, download = fool_page(str(photos["dog"]), classifier=classifier, uploads=uploads)
-    assert before["label"] == "dog" and photo == gr.skip() and adv is None and summary == ""
-    photo, overlay, verdict, *grids = inside_page(str(bad), uploads=uploads)
+    before, photo, adv, after, summary, download = fool_page(str(photos["dog"]), ctx=ctx)
+    assert before["label"] == "A dog" and before["confidences"][0]["label"] == "dog"
+    assert photo == gr.skip() and adv is None and summary == ""
+    photo, overlay, verdict, *grids = inside_page(str(bad), ctx=ctx)
     assert photo is None and overlay is None and word in verdict and grids == [None, None, None]
-    photo, overlay, verdict, *grids = inside_page(str(photos["cat"]), uploads=uploads)
+    photo, overlay, verdict, *grids = inside_page(str(photos["cat"]), ctx=ctx)
     assert overlay is None and verdict == "" and grids == [None, None, None]

@@ -63,14 +63,14 @@ def test_upload_a_photo_and_see_the_right_label(page, photos, tmp_path_factory):
     upload(page, photos["dog"])
     label = page.get_by_test_id("label-output-value").first
     label.filter(has_text="dog").wait_for()
-    assert label.inner_text().strip() == "dog"
+    assert label.inner_text().strip() == "A dog"
     shot = shoot(page, tmp_path_factory, "classify-dog")
     assert shot.stat().st_size > 10_000
 
     page.get_by_role("button", name="Remove Image").first.click()  # clear, then another photo: the label follows
     upload(page, photos["cat"])
     label.filter(has_text="cat").wait_for()
-    assert label.inner_text().strip() == "cat"
+    assert label.inner_text().strip() == "A cat"
 
 
 def refusal_shown_once(page, word: str) -> None:

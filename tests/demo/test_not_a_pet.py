@@ -5,10 +5,10 @@ page handler; ``/classify`` keeps returning the plain gr.Label value."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from PIL import Image
 
 from tests.conftest import LABELS, shifted_photo, synthetic_photo
 
@@ -25,10 +25,17 @@ def ood_models(tiny_ood_onnx, tiny_ood_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def ood_client(ood_models):
+def ood_service(ood_models, tiny_ood_checkpoint):
+    from tests.demo.conftest import make_service
+
+    return make_service(ood_models[0], tiny_ood_checkpoint, fool_steps=5, ideal_steps=2, ideal_size=64)
+
+
+@pytest.fixture(scope="module")
+def ood_client(ood_service):
     from demo.app import build_demo, launch
 
-    app = build_demo(*ood_models, fool_steps=5, ideal_steps=2, ideal_size=64)
+    app = build_demo(ood_service)
     with socket.socket() as s:  # a free port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -61,38 +68,44 @@ def test_classify_api_still_returns_the_label_alone(ood_client, images):
     assert isinstance(result, dict) and result["label"] in LABELS  # no verdict tuple for old clients
 
 
-def test_the_tab_shows_the_verdict_and_no_big_label_for_a_non_pet(ood_models, images, demo_models):
-    from demo.app import classify_page
+def test_the_tab_shows_the_verdict_and_no_big_label_for_a_non_pet(ood_service, images, demo_service):
+    from demo.tabs.classify import classify_page
+    from tests.demo.conftest import make_ctx
 
-    ood_clf = ood_models[0]
-    label, _, note = classify_page(Image.open(images["stripes"]), classifier=ood_clf)
+    folder = Path(images["cat"]).parent
+    ctx = make_ctx(ood_service, folder)
+    label, _, note = classify_page(images["stripes"], ctx=ctx)
     closest = label["confidences"][0]["label"]
     assert NOT_A_PET in note and f"guess: {closest}" in note
     # The big label does not read "dog" over the warning; the probabilities stay.
     assert label["label"] == "Not a cat or a dog?" and closest in LABELS
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
-    label, _, note = classify_page(Image.open(images["cat"]), classifier=ood_clf)
-    assert note == "" and label["label"] == "cat"
+    label, _, note = classify_page(images["cat"], ctx=ctx)
+    assert note == "" and label["label"] == "A cat"
     # A model without an OOD score never warns, whatever the photo.
-    label, _, note = classify_page(Image.open(images["stripes"]), classifier=demo_models[0])
-    assert note == "" and label["label"] in LABELS
+    label, _, note = classify_page(images["stripes"], ctx=make_ctx(demo_service, folder))
+    assert note == "" and label["confidences"][0]["label"] in LABELS
 
 
-def test_a_photo_between_the_thresholds_says_probably_with_a_caveat(ood_models, images, tiny_ood_onnx, tmp_path):
+def test_a_photo_between_the_thresholds_says_probably_with_a_caveat(ood_service, images, tiny_ood_onnx,
+                                                                     tiny_ood_checkpoint, tmp_path):
     """The middle answer (training.verdict) on the page and in ``/assess``'s wire format: the
     same model calibrated so that the cat photo scores between its two thresholds."""
-    from demo.app import assess, classify_page
+    from demo.tabs.classify import assess_api, classify_page
     from export.runtime import Classifier
     from tests.conftest import with_ood_thresholds
+    from tests.demo.conftest import make_ctx, make_service
 
-    score = ood_models[0].assess(images["cat"]).score
+    folder = Path(images["cat"]).parent
+    score = ood_service.classifier.assess(images["cat"]).score
     clf = Classifier.load(with_ood_thresholds(tiny_ood_onnx, tmp_path / "unsure.onnx", score / 2, score * 2))
-    label, _, note = classify_page(Image.open(images["cat"]), classifier=clf)
+    ctx = make_ctx(make_service(clf, tiny_ood_checkpoint), folder)
+    label, _, note = classify_page(images["cat"], ctx=ctx)
     top, prob = label["confidences"][0]["label"], label["confidences"][0]["confidence"]
     assert label["label"] == f"Probably a {top}"  # not a bare "cat", and not "Not a cat or a dog?"
-    assert note.startswith(f"ℹ️ **Probably a {top} ({prob:.0%}), but this photo is unlike the ones I learned from.**")
+    assert note.startswith(f"ℹ️ **Probably a {top} ({prob:.0%}), but this photo is unlike the ones I learned from:**")
     assert "maybe not a cat or a dog at all" in note
-    found = assess(Image.open(images["cat"]), classifier=clf)
+    found = assess_api(images["cat"], ctx=ctx)
     assert (found["verdict"], found["is_pet"]) == ("unsure", False)
     assert found["threshold"] < found["score"] <= found["refuse_threshold"]
-    assert assess(Image.open(images["cat"]), classifier=ood_models[0])["verdict"] == "pet"
+    assert assess_api(images["cat"], ctx=make_ctx(ood_service, folder))["verdict"] == "pet"

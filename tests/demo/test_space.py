@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 
 from demo.space import FRONT_MATTER, space_requirements, write_space
 
-OUR_PACKAGES = {"training", "export", "demo", "bot"}
+OUR_PACKAGES = {"training", "export", "service", "demo", "bot"}
 
 
 def requirement_names(lines: list[str]) -> set[str]:
@@ -112,7 +112,7 @@ def test_space_folder_boots_like_a_space_and_covers_its_imports(tmp_path, tiny_o
             assert client.predict(handle_file(str(photos["cat"])), api_name="/classify")["label"] == "cat"
             _, _, after, _, _ = client.predict(handle_file(str(photos["dog"])), "cat", 4, False, api_name="/fool_me")
             assert after["label"] == "cat"
-            image, _ = client.predict("dog", 0, api_name="/ideal")
+            image, _, _ = client.predict("dog", 0, api_name="/ideal")
             assert Path(image).is_file()
             overlay, *_ = client.predict(handle_file(str(photos["cat"])), None, api_name="/explain")
             assert Path(overlay).is_file()
@@ -121,7 +121,7 @@ def test_space_folder_boots_like_a_space_and_covers_its_imports(tmp_path, tiny_o
             server.wait(timeout=30)
 
     imported = imported_top_level(log.read_text())
-    assert {"torch", "onnxruntime", "gradio", "demo", "training", "export"} <= imported
+    assert {"torch", "onnxruntime", "gradio", "demo", "service", "training", "export"} <= imported
     providers = metadata.packages_distributions()
     needed = {dist.lower().replace("_", "-") for name in imported - OUR_PACKAGES for dist in providers.get(name, [])}
     covered = closure(requirement_names((space / "requirements.txt").read_text().splitlines()) | {"gradio"})
