@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from training.images import ImageError, ImageSource, load_image
-from training.labels import describe_labels
 from training.presets import CROP_SIZE, preprocess, resize_size_for
-from training.verdict import NOT_PET, PET, UNSURE, verdict
+from training.verdict import verdict
 
 from .backend import Backend, ModelError
 from .onnx_backend import CPU, CUDA, TENSORRT, OnnxBackend, cuda_device_count, default_providers, default_threads, session_options
@@ -34,7 +33,7 @@ from .triton_client import TritonBackend
 
 __all__ = [
     "CPU", "CUDA", "TENSORRT", "MAX_BATCH", "Assessment", "Classifier", "ModelError",
-    "cuda_device_count", "default_providers", "default_threads", "describe_labels", "session_options", "softmax",
+    "cuda_device_count", "default_providers", "default_threads", "session_options", "softmax",
 ]
 
 MAX_BATCH = 256  # predict_batch runs bigger lists in chunks of this many
@@ -210,23 +209,3 @@ class Assessment:
         if self.score is None or self.threshold is None:
             return None
         return verdict(self.score, self.threshold, self.refuse_threshold)
-
-    @property
-    def looks_like_training_data(self) -> bool:
-        return self.is_pet is not False
-
-    def message(self, describe: str | None = None) -> str | None:
-        """The user-facing caveat, else None (a pet, or a model without a score):
-        "This doesn't look like a cat or a dog — closest guess: dog 61%" for ``"not_pet"``,
-        "Probably a dog (92%), but this photo is unlike the ones I learned from" for
-        ``"unsure"``. ``describe`` overrides what the model knows (default:
-        :func:`describe_labels` of ``labels``)."""
-        found = self.verdict
-        if found in (None, PET):
-            return None
-        label, prob = self.top[0]
-        if found == UNSURE:
-            return f"Probably {describe_labels([label])} ({prob:.0%}), but this photo is unlike the ones I learned from"
-        assert found == NOT_PET
-        describe = describe or describe_labels(self.labels)
-        return f"This doesn't look like {describe} — closest guess: {label} {prob:.0%}"

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from export.runtime import Assessment, Classifier, describe_labels
+from export.runtime import Assessment, Classifier
 from tests.conftest import LABELS, SHIFTED_KINDS, shifted_photo, synthetic_photo, with_ood_thresholds
+from training.labels import describe_labels
 
 IN_DIST = [synthetic_photo(label, 5000 + i) for label in LABELS for i in range(15)]
 SHIFTED = [shifted_photo(kind, i) for kind in SHIFTED_KINDS for i in range(10)]
@@ -69,12 +70,19 @@ def test_onnx_score_equals_the_torch_score(ood_clf, tiny_ood_checkpoint):
     np.testing.assert_allclose([ood_clf.assess(img, top_k=1).top[0][1] for img in images], probs.max(1), atol=1e-4)
 
 
+def said(found) -> str | None:
+    """What a user is told of an assessment (the wording lives in the service layer)."""
+    from service import Classified
+
+    return Classified.of(found).message()
+
+
 def test_the_message_names_what_the_model_knows(ood_clf):
     shifted = next(a for a in map(ood_clf.assess, SHIFTED) if a.is_pet is False)
     label, prob = shifted.top[0]
-    assert shifted.message() == f"This doesn't look like a cat or a dog — closest guess: {label} {prob:.0%}"
+    assert said(shifted) == f"This doesn't look like a cat or a dog — closest guess: {label} {prob:.0%}"
     pet = next(a for a in map(ood_clf.assess, IN_DIST) if a.is_pet)
-    assert pet.message() is None
+    assert said(pet) is None
 
 
 def test_describe_labels():
@@ -83,7 +91,7 @@ def test_describe_labels():
     assert describe_labels(["Abyssinian", "beagle", "pug"]) == "an Abyssinian, a beagle or a pug"
     assert describe_labels([f"breed_{i}" for i in range(37)]) == "any of the 37 pets this model knows"
     top = [("american_bulldog", 0.4)]
-    assert Assessment(top, 0.9, 0.5, False, ("x",) * 37).message().startswith("This doesn't look like any of the 37 pets")
+    assert said(Assessment(top, 0.9, 0.5, False, ("x",) * 37)).startswith("This doesn't look like any of the 37 pets")
 
 
 def test_model_without_ood_output_behaves_as_before(tiny_onnx):
@@ -91,8 +99,8 @@ def test_model_without_ood_output_behaves_as_before(tiny_onnx):
     assert clf.ood_threshold is None
     for img in IN_DIST[:2] + SHIFTED[:2]:
         a = clf.assess(img)
-        assert (a.score, a.threshold, a.is_pet, a.message()) == (None, None, None, None)
-        assert a.looks_like_training_data and a.top == clf.predict(img)
+        assert (a.score, a.threshold, a.is_pet, a.verdict, said(a)) == (None, None, None, None, None)
+        assert a.top == clf.predict(img)
 
 
 def test_three_answers_from_the_models_own_score(ood_clf, tiny_ood_onnx, tmp_path):
@@ -109,9 +117,9 @@ def test_three_answers_from_the_models_own_score(ood_clf, tiny_ood_onnx, tmp_pat
         assert found[name].verdict == name and found[name].score == pytest.approx(score, abs=1e-6)
         assert found[name].is_pet is (name == "pet")
     label, prob = found["unsure"].top[0]
-    assert found["pet"].message() is None
-    assert found["unsure"].message() == f"Probably a {label} ({prob:.0%}), but this photo is unlike the ones I learned from"
-    assert found["not_pet"].message() == f"This doesn't look like a cat or a dog — closest guess: {label} {prob:.0%}"
+    assert said(found["pet"]) is None
+    assert said(found["unsure"]) == f"Probably a {label} ({prob:.0%}), but this photo is unlike the ones I learned from"
+    assert said(found["not_pet"]) == f"This doesn't look like a cat or a dog — closest guess: {label} {prob:.0%}"
     # A model calibrated before the middle answer existed answers in two ways, as it always did.
     old = Classifier.load(with_ood_thresholds(tiny_ood_onnx, tmp_path / "old.onnx", score / 2, None))
     assert old.ood_refuse_threshold is None and old.assess(photo).verdict == "not_pet"
