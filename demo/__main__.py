@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from demo.app import launch, load_demo
+from demo.lanes import MAX_WAITING, PER_CLIENT
 from training.cli import UsageError, add_model, make_parser, positive, run
 
 
@@ -38,8 +39,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="optimization steps for Ideal image (default: the library's own; fewer is faster)")
     parser.add_argument("--heavy-concurrency", type=positive(int), default=1,
                         help="how many torch jobs (fool, ideal, explain) run at once (default: 1)")
-    parser.add_argument("--max-queue", type=positive(int), default=64,
-                        help="how many requests may wait in the queue before new ones are turned away (default: 64)")
+    parser.add_argument("--max-queue", type=positive(int), default=MAX_WAITING,
+                        help="how many torch jobs may wait before new ones are turned away; Classify has its own lane "
+                             f"and never waits behind them (default: {MAX_WAITING})")
+    parser.add_argument("--jobs-per-client", type=positive(int), default=PER_CLIENT,
+                        help="torch jobs one client (IP address) may have waiting or running at once "
+                             f"(default: {PER_CLIENT})")
     parser.add_argument("--share", action="store_true",
                         help="also open a temporary public link through gradio's share servers")
     return parser
@@ -52,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
     app = load_demo(
         args.model, args.checkpoint, examples=args.examples, fool_steps=args.fool_steps,
         ideal_steps=args.ideal_steps, heavy_concurrency=args.heavy_concurrency, max_queue=args.max_queue,
+        jobs_per_client=args.jobs_per_client,
     )
     launch(app, host=args.host, port=args.port, share=args.share, examples=args.examples)
     return 0

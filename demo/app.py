@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 import gradio as gr
 
 from demo.common import Ctx
+from demo.lanes import MAX_WAITING, PER_CLIENT, HeavyLane
 from demo.tabs import classify, fool, ideal, inside
 from demo.uploads import Uploads
 from service import Service
@@ -38,6 +39,7 @@ DEFAULT_CHECKPOINT = Path("models/catsdogs.pt")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 TABS = (classify, fool, ideal, inside)  # in the page's order
+QUEUE_MEMORY_BOUND = 1024  # waiting events of all kinds; the heavy lane keeps its own line far shorter
 
 INTRO = """\
 # PetLens: what does a CNN see in your pet?
@@ -81,14 +83,16 @@ def build_demo(
     examples: str | Path | None = None,
     heavy_concurrency: int = 1,
     classify_concurrency: int = 4,
-    max_queue: int = 64,
+    max_queue: int = MAX_WAITING,
+    jobs_per_client: int = PER_CLIENT,
 ) -> gr.Blocks:
     """The demo over ``service``.
 
-    ``examples``: a folder of example photos (default ``demo/examples``). Classification is
-    fast and runs ``classify_concurrency`` at a time in its own lane; the torch jobs (fool,
-    ideal, explain) share one lane of ``heavy_concurrency`` workers so they cannot starve the
-    CPU; at most ``max_queue`` requests wait.
+    ``examples``: a folder of example photos (default ``demo/examples``). Two lanes
+    (:mod:`demo.lanes`): classification is fast and runs ``classify_concurrency`` at a time in
+    its own; the torch jobs (fool, ideal, explain) share one of ``heavy_concurrency`` workers so
+    they cannot starve the CPU, with at most ``max_queue`` waiting and ``jobs_per_client``
+    waiting or running per client; more are refused at once, and never block Classify.
     """
     folder = Path(examples) if examples is not None else EXAMPLES_DIR
     light = dict(concurrency_limit=classify_concurrency, concurrency_id="classify")
@@ -100,6 +104,7 @@ def build_demo(
         light=light,
         heavy=dict(concurrency_id="torch", concurrency_limit=heavy_concurrency),
         page=dict(api_visibility="private", preprocess=False, postprocess=False, **light),
+        lane=HeavyLane(jobs_per_client, max_queue),
     )
     meta = dict(getattr(service.classifier, "metadata", {}) or {})
     labels = english_list(service.labels, "and")
@@ -111,9 +116,10 @@ def build_demo(
                                  accuracy=accuracy_sentence(meta)))
         for tab in TABS:
             tab.build(ctx, bind)
-    # One queue for the app: each event sets its lane's limit above; max_size bounds how
-    # many visitors wait (the rest get "queue full" at once instead of a long silent wait).
-    return app.queue(max_size=max_queue, default_concurrency_limit=1)
+    ctx.lane.app = app
+    # One queue for the app, whose size only bounds memory: the heavy lane's admission keeps
+    # its own line short (demo.lanes), so a flood of heavy jobs never fills it for Classify.
+    return app.queue(max_size=QUEUE_MEMORY_BOUND, default_concurrency_limit=1)
 
 
 def resolve_model_file(path: str | Path | None, default: Path) -> Path:

@@ -47,6 +47,7 @@ class Ctx:
     light: dict
     heavy: dict
     page: dict
+    lane: Any = None  # demo.lanes.HeavyLane: admission to the heavy group (None: no bound)
 
     def photo(self, upload: Any, *, heavy: bool = False) -> Photo:
         """Decode a Gradio upload (see :mod:`demo.uploads`) through the service's intake;

@@ -298,3 +298,17 @@ class Explained:
             return (f"{self.source.caveat()}\nThe heat map shows what pushed it towards **{self.label}** "
                     f"({self.prob:.0%}) anyway. {heat} {timing}")
         return f"The network says **{self.label}** ({self.prob:.0%}). {heat} {timing}"
+
+
+# --------------------------------------------------------------------------- busy
+
+
+def too_many_jobs(per_client: int) -> str:
+    """A visitor who already has ``per_client`` heavy jobs waiting or running."""
+    return (f"You already have {per_client} jobs waiting or running (fool-me, ideal or explain). "
+            "Wait for them to finish, then try again.")
+
+
+def heavy_lane_full(waiting: int) -> str:
+    """Every heavy job slot in the waiting line is taken."""
+    return f"{waiting} jobs are already waiting for the network. Try again in a minute; Classify still answers at once."

@@ -73,4 +73,4 @@ def build(ctx: Ctx, bind) -> None:
                      show_progress="minimal", **ctx.page)
         photo.clear(None, None, summary, js="() => ''", api_visibility="private", queue=False)
         button.click(bind(fool_me, ctx=ctx), [photo, target, strength, robust],
-                     [adversarial, before, after, summary, download], api_name="fool_me", preprocess=False, **ctx.heavy)
+                     [adversarial, before, after, summary, download], api_name="fool_me", preprocess=False, validator=None if ctx.lane is None else ctx.lane.for_fool, **ctx.heavy)

@@ -85,4 +85,4 @@ def build(ctx: Ctx, bind) -> None:
         gr.Markdown(ideal_help(labels), elem_classes="petlens-help")
         button.click(bind(ideal, ctx=ctx), [label, seed], [picture, download, summary], api_name="ideal",
                      show_progress="minimal",  # the full overlay would hide the picture as it forms
-                     **ctx.heavy)
+                     validator=None if ctx.lane is None else ctx.lane.for_ideal, **ctx.heavy)

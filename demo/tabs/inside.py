@@ -64,4 +64,4 @@ def build(ctx: Ctx, bind) -> None:
         photo.change(bind(inside_page, ctx=ctx), photo, [photo, overlay, summary, *grids], **ctx.page)
         photo.clear(None, None, summary, js="() => ''", api_visibility="private", queue=False)
         button.click(bind(explain_photo, ctx=ctx), [photo, label], [overlay, summary, *grids], api_name="explain",
-                     preprocess=False, **ctx.heavy)
+                     preprocess=False, validator=None if ctx.lane is None else ctx.lane.for_explain, **ctx.heavy)
