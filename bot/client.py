@@ -9,10 +9,11 @@ lives in :mod:`bot.handlers`, which the console runs too.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import discord
@@ -33,6 +34,13 @@ SCOPES = ("bot", "applications.commands")
 
 OK_COLOUR = discord.Colour.green()
 ERROR_COLOUR = discord.Colour.orange()
+
+# Answers sent with the interaction token are retried after a 429 that discord.py gave up on
+# (Cloudflare's, without a Via header) while the token lives, with this margin left.
+TOKEN_MARGIN_S = 5.0
+MAX_BACKOFF_S = 60.0
+
+T = TypeVar("T")
 
 
 def use_local_discord(base_url: str) -> None:
@@ -64,19 +72,59 @@ def message_kwargs(reply: Reply) -> dict:
     return kwargs
 
 
+def _retry_after(exc: discord.HTTPException) -> float | None:
+    """The seconds a 429 asks to wait (its ``Retry-After`` header), if it says."""
+    try:
+        return max(0.0, float(exc.response.headers["Retry-After"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+async def with_token(interaction: discord.Interaction, send: Callable[[], Awaitable[T]], what: str) -> T:
+    """``await send()`` — a request made with the interaction token — again after a 429 that
+    reached us, for as long as the token is valid (15 minutes from the interaction).
+
+    discord.py retries Discord's own 429s (they carry a ``Via`` header) but raises at once on
+    one without it: Cloudflare's answer to an IP that made too many requests, which a bot on a
+    shared address can get. Throwing away a finished result for that would be a pity. The wait
+    is the ``Retry-After`` header if present, else 1, 2, 4 … s (at most a minute). ``send`` must
+    build its message afresh on each call (discord.py closes the files it sent)."""
+    backoff = 1.0
+    while True:
+        try:
+            return await send()
+        except discord.HTTPException as exc:
+            if exc.status != 429:
+                raise
+            wait = _retry_after(exc)
+            wait = backoff if wait is None else wait
+            left = (interaction.expires_at - discord.utils.utcnow()).total_seconds() - TOKEN_MARGIN_S
+            if wait > left:
+                log.error("%s: Discord answered 429 and the interaction token expires in %.0f s, before the "
+                          "%.0f s wait it asks for; giving up", what, left + TOKEN_MARGIN_S, wait)
+                raise
+            log.warning("%s: Discord answered 429%s; sending again in %.1f s", what,
+                        "" if exc.response.headers.get("Via") else " without a Via header (Cloudflare's edge)",
+                        wait)
+            await asyncio.sleep(wait)
+            backoff = min(2 * backoff, MAX_BACKOFF_S)
+
+
 async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     """Answer the interaction, honouring ``reply.ephemeral`` whether or not it was deferred."""
-    kwargs = message_kwargs(reply)
     if not interaction.response.is_done():  # refused before deferring: a private answer
-        await interaction.response.send_message(**kwargs, ephemeral=reply.ephemeral)
+        await interaction.response.send_message(**message_kwargs(reply), ephemeral=reply.ephemeral)
     elif not reply.ephemeral:
-        await interaction.followup.send(**kwargs)  # replaces the public "thinking…" message
+        # Replaces the public "thinking…" message.
+        await with_token(interaction, lambda: interaction.followup.send(**message_kwargs(reply)), "follow-up")
     else:
         # Discord gives the first followup after a defer the defer's visibility (public here),
         # so a private error takes three steps: settle the public placeholder with a neutral
         # note, send the details privately, then remove the note.
-        await interaction.edit_original_response(content="That did not work; I sent you the details privately.")
-        await interaction.followup.send(**kwargs, ephemeral=True)
+        await with_token(interaction, lambda: interaction.edit_original_response(
+            content="That did not work; I sent you the details privately."), "edit")
+        await with_token(interaction, lambda: interaction.followup.send(**message_kwargs(reply), ephemeral=True),
+                         "private follow-up")
         try:
             await interaction.delete_original_response()
         except discord.HTTPException:

@@ -136,3 +136,43 @@ def test_heartbeats_are_acknowledged(live):
     before, log = live.emu.heartbeats, len(live.emu.gateway_log)
     live.run(asyncio.sleep(2.5))  # heartbeat_interval is 1 s in these tests
     assert live.emu.heartbeats >= before + 2 and len(live.emu.gateway_log) == log
+
+
+FOLLOW_UP = r"^/api/v10/webhooks/\d+/[^/]+$"  # POST: create a follow-up message
+
+
+def test_cloudflare_429_on_the_follow_up_is_retried_and_the_png_arrives(live):
+    """Cloudflare's 429 (HTML, no Via, no rate-limit headers, no Retry-After): discord.py raises at
+    once; the bot waits 1 s and sends the finished picture again."""
+    emu = live.emu
+    fault = emu.fail("POST", FOLLOW_UP, 429, cloudflare=True)
+    it = live.run(emu.invoke("fool-me", {"image": attach(emu, "dog", 5, "rex.png"), "target": "cat"}))
+    live.run(emu.answered(it, 60), 70)
+    assert len(fault.hits) == 1 and list(it.answer.files) == ["rex-as-cat.png"] and not it.answer.ephemeral
+    assert it.answered_at - fault.hits[0] >= 1.0
+    refused = [r for r in emu.requests if r.fault == "429 cloudflare"]
+    assert len(refused) == 1 and refused[0].files == [("rex-as-cat.png", len(it.answer.files["rex-as-cat.png"]))]
+    assert "without a Via header" in live.log.text() and "failed on my side" not in live.log.text()
+
+
+def test_cloudflare_429_with_retry_after_waits_that_long(live):
+    emu = live.emu
+    fault = emu.fail("POST", FOLLOW_UP, 429, cloudflare=True, retry_after=2)
+    it = live.run(emu.invoke("classify", {"image": attach(emu, "cat", 3)}))
+    live.run(emu.answered(it, 30), 40)
+    assert it.answer.embeds[0]["title"] == "I see a cat"
+    assert it.answered_at - fault.hits[0] >= 2.0
+
+
+def test_cloudflare_429_longer_than_the_token_lives_is_not_waited_for(live):
+    """Retry-After beyond the interaction token's 15 minutes: the bot gives up at once and says
+    so privately, instead of sleeping for an answer nobody could receive."""
+    emu = live.emu
+    fault = emu.fail("POST", FOLLOW_UP, 429, cloudflare=True, retry_after=3600)
+    start = time.monotonic()
+    it = live.run(emu.invoke("classify", {"image": attach(emu, "cat", 3)}))
+    live.run(emu.wait_for(lambda: it.followups and it.original.deleted, 30, "the private answer"), 40)
+    assert len(fault.hits) == 1 and time.monotonic() - start < 10
+    (answer,) = it.messages
+    assert answer.ephemeral and "failed on my side" in answer.content
+    assert "giving up" in live.log.text()

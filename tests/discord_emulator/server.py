@@ -25,6 +25,11 @@ from . import payloads, validate
 
 TOKEN = "MTEwMDAwMDAwMDAwMDAwMDAwMQ.emulat.or-token-for-tests-only-0123456789"
 API = "/api/v10"
+# Cloudflare's answer to an IP it rate-limits (error 1015): a web page, not Discord's JSON.
+CLOUDFLARE_429 = ("<!DOCTYPE html><html><head><title>Access denied | discord.com used Cloudflare to restrict "
+                  "access</title></head><body><h1>Error 1015</h1><h2>You are being rate limited</h2>"
+                  "<p>The owner of this website (discord.com) has banned you temporarily from accessing this "
+                  "website.</p></body></html>")
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Fault:
     status: int
     times: int
     retry_after: float | None = None
+    cloudflare: bool = False  # a 429 from Cloudflare's edge: HTML, no Via, no rate-limit headers
     hits: list[float] = field(default_factory=list)
 
 
@@ -225,9 +231,14 @@ class Emulator:
 
     # --- REST: recording, auth, faults -----------------------------------------------------
 
-    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float | None = None) -> Fault:
-        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with ``status``."""
-        fault = Fault(method, re.compile(path), status, times, retry_after)
+    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float | None = None,
+             cloudflare: bool = False) -> Fault:
+        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with ``status``.
+
+        A 429 is Discord's own (JSON, rate-limit headers, ``Via``) unless ``cloudflare``: then it
+        is the edge's ban page, as an IP that made too many invalid requests gets it (HTML, no
+        ``Via``, no ``X-RateLimit-*``, ``Retry-After`` only if ``retry_after`` is given)."""
+        fault = Fault(method, re.compile(path), status, times, retry_after, cloudflare)
         self.faults.append(fault)
         return fault
 
@@ -238,6 +249,8 @@ class Emulator:
         request[RECORD] = rec
         try:
             resp = self._inject(request, rec) if request.path.startswith(API) else None
+            if resp is not None and request.can_read_body:
+                await self._body(request)  # record what the refused request carried
             if resp is None and request.path.startswith(API) and self._needs_auth(request):
                 resp = self._error(401, 0, "401: Unauthorized")
             if resp is None:
@@ -260,7 +273,12 @@ class Emulator:
             if fault.times > 0 and fault.method == request.method and fault.path.search(request.path):
                 fault.times -= 1
                 fault.hits.append(time.monotonic())
-                rec.fault = f"{fault.status}"
+                rec.fault = f"{fault.status}" + (" cloudflare" if fault.cloudflare else "")
+                if fault.status == 429 and fault.cloudflare:
+                    headers = {"Server": "cloudflare", "CF-RAY": secrets.token_hex(8) + "-AMS"}
+                    if fault.retry_after is not None:
+                        headers["Retry-After"] = str(round(fault.retry_after))
+                    return web.Response(status=429, text=CLOUDFLARE_429, content_type="text/html", headers=headers)
                 if fault.status == 429:
                     # Discord's rate-limit answer; "Via" marks it as coming from Discord's edge
                     # (discord.py's webhook client only retries 429s that carry it).
