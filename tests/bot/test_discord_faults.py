@@ -176,3 +176,19 @@ def test_cloudflare_429_longer_than_the_token_lives_is_not_waited_for(live):
     (answer,) = it.messages
     assert answer.ephemeral and "failed on my side" in answer.content
     assert "giving up" in live.log.text()
+
+
+@pytest.mark.parametrize("command, options", [("classify", {}), ("fool-me", {"target": "dog"})])
+def test_an_expired_attachment_link_gets_a_private_answer_and_nothing_is_stuck(live, command, options):
+    emu = live.emu
+    data = photo_bytes("cat", 3)
+    old = emu.add_attachment("tom.png", data, "image/png", width=160, height=128, expires_in=-60)
+    it = live.run(emu.invoke(command, {"image": old, **options}))
+    live.run(emu.wait_for(lambda: it.followups and it.original.deleted, 30, "the private answer"), 40)
+    (answer,) = it.messages  # the public "thinking…" placeholder is gone
+    assert answer.ephemeral and "its link expired" in answer.content and "Send the photo again" in answer.content
+    (served,) = [f for path, f in emu.cdn.items() if path in old["url"]]
+    assert served.refusals == [404] and served.requests == 0  # the CDN refused the stale signature
+    assert pools_idle(live.handlers)
+    fresh = live.run(emu.invoke(command, {"image": attach(emu, "cat", 3, "tom.png"), **options}))
+    assert not live.run(emu.answered(fresh, 60), 70).answer.ephemeral  # sending it again works

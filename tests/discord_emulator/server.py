@@ -11,6 +11,8 @@ injected with :meth:`Emulator.fail` (REST), :meth:`drop`, :meth:`reconnect`,
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -25,6 +27,7 @@ from . import payloads, validate
 
 TOKEN = "MTEwMDAwMDAwMDAwMDAwMDAwMQ.emulat.or-token-for-tests-only-0123456789"
 API = "/api/v10"
+ATTACHMENT_LIFETIME_S = 24 * 3600.0  # how long a signed attachment URL stays valid
 # Cloudflare's answer to an IP it rate-limits (error 1015): a web page, not Discord's JSON.
 CLOUDFLARE_429 = ("<!DOCTYPE html><html><head><title>Access denied | discord.com used Cloudflare to restrict "
                   "access</title></head><body><h1>Error 1015</h1><h2>You are being rate limited</h2>"
@@ -108,7 +111,8 @@ class CdnFile:
     data: bytes
     content_type: str | None
     fault: str | None = None  # "404", "stall", "oversize"
-    requests: int = 0
+    requests: int = 0  # downloads served (refusals not counted)
+    refusals: list[int] = field(default_factory=list)  # statuses of refused downloads
 
 
 class Session:
@@ -163,6 +167,7 @@ class Emulator:
         self.gateway_log: list[tuple[float, int, str]] = []  # (time, shard, what happened)
         self.heartbeats = 0
         self.cdn: dict[str, CdnFile] = {}
+        self._cdn_key = secrets.token_bytes(32)  # signs attachment URLs (the hm parameter)
         self.faults: list[Fault] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -480,20 +485,41 @@ class Emulator:
 
     def add_attachment(self, filename: str, data: bytes, content_type: str | None = "image/png", *,
                        width: int | None = None, height: int | None = None, fault: str | None = None,
-                       announced_size: int | None = None) -> dict:
+                       announced_size: int | None = None, expires_in: float = ATTACHMENT_LIFETIME_S) -> dict:
         """Host ``data`` on the CDN and return its attachment object. ``fault``: "404" (deleted),
-        "stall" (headers, then no bytes), "oversize" (serves more than ``announced_size``)."""
+        "stall" (headers, then no bytes), "oversize" (serves more than ``announced_size``).
+
+        The URL is signed like Discord's: ``ex`` (hex unix time it expires, ``expires_in`` s from
+        now; negative hands out an already expired link), ``is`` (issued) and ``hm`` (the
+        signature). Past ``ex``, or with a signature that does not match, the CDN answers 404."""
         att_id = payloads.snowflake()
         path = f"/attachments/{payloads.snowflake()}/{att_id}/{filename}"
         self.cdn[path] = CdnFile(data, content_type, fault)
         size = len(data) if announced_size is None else announced_size
-        url = f"{self.base_url}{path}?ex=67a1b2c3&is=67a06143&hm=" + secrets.token_hex(16)
+        issued = int(time.time())
+        ex, is_ = f"{int(issued + expires_in):x}", f"{issued:x}"
+        url = f"{self.base_url}{path}?ex={ex}&is={is_}&hm={self._sign(path, ex, is_)}&"
         return payloads.attachment(att_id, filename, url, size, content_type, width, height)
+
+    def _sign(self, path: str, ex: str, is_: str) -> str:
+        return hmac.new(self._cdn_key, f"{path}|{ex}|{is_}".encode(), hashlib.sha256).hexdigest()
+
+    def _link_valid(self, request: web.Request) -> bool:
+        """Whether the request's ``ex``/``is``/``hm`` are this CDN's signature and not expired."""
+        ex, is_, hm = (request.query.get(k, "") for k in ("ex", "is", "hm"))
+        try:
+            expires = int(ex, 16)
+        except ValueError:
+            return False
+        return hmac.compare_digest(hm, self._sign(request.path, ex, is_)) and time.time() < expires
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         found = self.cdn.get(request.path)
         if found is None or found.fault == "404":
             return web.Response(status=404, text="Not Found")
+        if not self._link_valid(request):
+            found.refusals.append(404)
+            return web.Response(status=404, text="This content is no longer available.")
         found.requests += 1
         if found.fault == "stall":
             resp = web.StreamResponse(headers={"Content-Type": found.content_type or "application/octet-stream"})
