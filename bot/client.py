@@ -202,7 +202,7 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
     # Message context menus (right-click a message > Apps): the same handlers, limits and pools
     # as the slash commands, on the message's first image attachment.
     def posted_image(message: discord.Message) -> Upload | None:
-        return first_image([upload(a) for a in message.attachments])
+        return first_image([upload(a) for a in message_attachments(message)])
 
     @tree.context_menu(name="Classify photo")
     async def classify_photo(interaction: discord.Interaction, message: discord.Message) -> None:
@@ -223,6 +223,14 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
         if (image := posted_image(message)) is None:
             return await send_reply(interaction, no_image_reply("Explain", "explain"))
         await run_handler(interaction, lambda ack: handlers.explain(image, user=interaction.user.id, acknowledge=ack))
+
+
+def message_attachments(message: discord.Message) -> list[discord.Attachment]:
+    """A message's attachments; for a forwarded message (which has none of its own), those of
+    the message it forwards (``message_snapshots``)."""
+    if message.attachments:
+        return list(message.attachments)
+    return [a for snapshot in getattr(message, "message_snapshots", ()) for a in snapshot.attachments]
 
 
 class PetTree(app_commands.CommandTree):

@@ -42,6 +42,11 @@ def attachment(att_id: int, filename: str, url: str, size: int, content_type: st
     return out
 
 
+# Message flags and reference types the emulator sends.
+HAS_SNAPSHOT = 1 << 14  # a forwarded message: its content lives in message_snapshots
+DEFAULT_REFERENCE, FORWARD_REFERENCE = 0, 1
+
+
 def message(msg_id: int, channel_id: int, author: dict, *, content: str = "", attachments: list | None = None,
             embeds: list | None = None, flags: int = 0, guild_id: int | None = None, kind: int = 0,
             application_id: int | None = None) -> dict:
@@ -54,6 +59,21 @@ def message(msg_id: int, channel_id: int, author: dict, *, content: str = "", at
     if application_id is not None:
         out["application_id"] = str(application_id)
         out["webhook_id"] = str(application_id)
+    return out
+
+
+def forwarded(msg_id: int, channel_id: int, author: dict, original: dict) -> dict:
+    """A forward of ``original``: a message of its own with no content or attachments, a
+    ``message_reference`` of type FORWARD, and a copy of the original in ``message_snapshots``
+    (Discord's "Message Snapshot Object": a partial message, without author or ids)."""
+    out = message(msg_id, channel_id, author, flags=HAS_SNAPSHOT)
+    out["message_reference"] = {"type": FORWARD_REFERENCE, "message_id": original["id"],
+                                "channel_id": original["channel_id"]}
+    if "guild_id" in original:
+        out["message_reference"]["guild_id"] = original["guild_id"]
+    snapshot = {k: original[k] for k in ("type", "content", "embeds", "attachments", "timestamp",
+                                          "edited_timestamp", "flags", "mentions", "mention_roles", "components")}
+    out["message_snapshots"] = [{"message": snapshot}]
     return out
 
 

@@ -682,7 +682,7 @@ class Emulator:
 
     async def invoke_message_menu(self, name: str, message: dict, *, user_id: int | None = None,
                                   guild_id: int | None = None, shard: int | None = None) -> Interaction:
-        """A user right-clicks ``message`` (see :meth:`posted`) and picks Apps > ``name``."""
+        """A user right-clicks ``message`` (see :meth:`posted`, :meth:`forwarded`) and picks Apps > ``name``."""
         cmd, synced_guild = self.command(name, validate.MESSAGE)
         data = {"id": cmd["id"], "name": name, "type": validate.MESSAGE, "target_id": message["id"],
                 "resolved": {"messages": {message["id"]: message}}}
@@ -693,6 +693,11 @@ class Emulator:
         """A message someone posted in the channel."""
         return payloads.message(payloads.snowflake(), 1, payloads.user(author_id), content=content,
                                 attachments=list(attachments), embeds=embeds)
+
+    def forwarded(self, original: dict, *, author_id: int = 4343) -> dict:
+        """Someone forwards ``original`` into the channel: the new message has no attachments of
+        its own; they are in ``message_snapshots[0].message.attachments``."""
+        return payloads.forwarded(payloads.snowflake(), 1, payloads.user(author_id), original)
 
     async def _send_interaction(self, name, data, synced_guild, user_id, guild_id, shard) -> Interaction:
         if synced_guild is not None:
