@@ -255,12 +255,16 @@ class PetBot(discord.AutoShardedClient):
     Interactions arrive on whichever shard owns their server and are answered over REST.
     """
 
-    def __init__(self, handlers: Handlers, settings: Settings):
+    def __init__(self, handlers: Handlers, settings: Settings, *, heartbeat_timeout: float = 60.0):
+        """``heartbeat_timeout``: seconds without any message from the gateway (not even a
+        heartbeat ACK) after which discord.py declares the connection a zombie, closes it and
+        resumes; its default, 60, outlasts Discord's ~41 s heartbeat interval."""
         # This bot never joins voice: spare operators the "PyNaCl is not installed" warnings.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         # Slash commands and context menus need no privileged intent (not even message
         # content: a context menu's target message arrives inside the interaction).
-        super().__init__(intents=discord.Intents.default(), shard_count=settings.shards)
+        super().__init__(intents=discord.Intents.default(), shard_count=settings.shards,
+                         heartbeat_timeout=heartbeat_timeout)
         self.handlers = handlers
         self.settings = settings
         self.downloader: Downloader | None = None

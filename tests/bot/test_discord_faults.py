@@ -192,3 +192,33 @@ def test_an_expired_attachment_link_gets_a_private_answer_and_nothing_is_stuck(l
     assert pools_idle(live.handlers)
     fresh = live.run(emu.invoke(command, {"image": attach(emu, "cat", 3, "tom.png"), **options}))
     assert not live.run(emu.answered(fresh, 60), 70).answer.ephemeral  # sending it again works
+
+
+def test_op1_heartbeat_request_is_answered_at_once(live):
+    """Op 1 from Discord: discord.py sends a heartbeat immediately, not at its next interval
+    (30 s here, so a beat within 2 s is the answer)."""
+    emu = live.emu
+    emu.heartbeat_ms = 30_000
+    try:
+        live.run(emu.reconnect(0))  # the new connection's HELLO carries the 30 s interval
+        live.run(emu.wait_for(lambda: events(live)[-1] == "resume", 20, "a RESUME"))
+        live.run(asyncio.sleep(0.5))  # the beat sent right after HELLO is behind us
+        asked = live.run(emu.request_heartbeat(0))
+        live.run(emu.wait_for(lambda: asked.answered_at is not None, 5, "the requested heartbeat"))
+        assert asked.delay < 2.0
+    finally:
+        emu.heartbeat_ms = 1000
+        live.run(emu.reconnect(0))
+        live.run(emu.wait_for(lambda: events(live)[-1] == "resume", 20, "a RESUME"))
+
+
+def test_op9_resumable_invalid_session_resumes(live):
+    """Op 9 with d=true: the session may be resumed; discord.py reconnects and RESUMEs (no new
+    IDENTIFY), and events sent meanwhile are replayed."""
+    emu = live.emu
+    sessions = set(emu.sessions)
+    live.run(emu.invalidate_session(0, resumable=True))
+    live.run(emu.wait_for(lambda: events(live)[-1] == "resume", 20, "a RESUME"))
+    assert set(emu.sessions) == sessions and "identify" not in events(live)[-3:]
+    it = live.run(emu.invoke("about"))
+    assert live.run(emu.answered(it, 20), 30).response_type == 4

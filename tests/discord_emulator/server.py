@@ -4,8 +4,10 @@ One :class:`Emulator` runs inside an asyncio loop (aiohttp's server). The real d
 client talks to it after ``bot.client.use_local_discord(emulator.base_url)``. Every request is
 recorded in :attr:`Emulator.requests`; every broken rule (see :mod:`.validate`) is appended to
 :attr:`Emulator.violations` and answered with the status Discord would give. Faults are
-injected with :meth:`Emulator.fail` (REST), :meth:`drop`, :meth:`reconnect`,
-:meth:`invalidate_session` (gateway) and the ``fault`` of :meth:`add_attachment` (CDN).
+injected with :meth:`Emulator.fail` (REST; ``cloudflare=True`` for the edge's 429), :meth:`drop`,
+:meth:`reconnect`, :meth:`invalidate_session`, :meth:`withhold_acks`, :meth:`request_heartbeat`,
+:meth:`reset_token`, :meth:`require_sharding` (gateway) and the ``fault`` / ``expires_in`` of
+:meth:`add_attachment` (CDN: attachment URLs are signed and expire, as Discord's do).
 """
 
 from __future__ import annotations
@@ -115,6 +117,20 @@ class CdnFile:
     refusals: list[int] = field(default_factory=list)  # statuses of refused downloads
 
 
+@dataclass
+class HeartbeatRequest:
+    """An op 1 the emulator sent; ``answered_at`` is when the client's heartbeat came back."""
+
+    shard: int
+    ws: Any
+    sent_at: float
+    answered_at: float | None = None
+
+    @property
+    def delay(self) -> float | None:
+        return None if self.answered_at is None else self.answered_at - self.sent_at
+
+
 class Session:
     """A gateway session: its sequence numbers and every event sent, for RESUME."""
 
@@ -127,9 +143,10 @@ class Session:
         self.ws: web.WebSocketResponse | None = None
         self.compressor: Any = None
         self.request: web.Request | None = None
+        self.silent: web.WebSocketResponse | None = None  # a zombie connection: nothing sent on it
 
     async def send(self, payload: dict) -> None:
-        if self.ws is None or self.ws.closed:
+        if self.ws is None or self.ws.closed or self.ws is self.silent:
             return  # kept in self.events; a RESUME replays it
         await send(self.ws, self.compressor, payload)
 
@@ -166,6 +183,7 @@ class Emulator:
         self.sessions: dict[str, Session] = {}
         self.gateway_log: list[tuple[float, int, str]] = []  # (time, shard, what happened)
         self.heartbeats = 0
+        self.heartbeat_requests: list[HeartbeatRequest] = []
         self.cdn: dict[str, CdnFile] = {}
         self._cdn_key = secrets.token_bytes(32)  # signs attachment URLs (the hm parameter)
         self.faults: list[Fault] = []
@@ -550,8 +568,13 @@ class Emulator:
                 op, data = payload.get("op"), payload.get("d")
                 if op == 1:  # heartbeat
                     self.heartbeats += 1
+                    for asked in self.heartbeat_requests:
+                        if asked.ws is ws and asked.answered_at is None:
+                            asked.answered_at = time.monotonic()
                     if session is not None and data not in (None, session.seq) and data > session.seq:
                         self.violate(f"gateway: heartbeat with sequence {data} beyond the last sent {session.seq}")
+                    if session is not None and session.silent is ws:
+                        continue  # a zombie connection: the beat goes unacknowledged
                     await send(ws, compressor, {"op": 11, "d": None, "s": None, "t": None})
                 elif op == 2:  # identify
                     session = await self._identify(ws, compressor, request, data or {})
@@ -643,6 +666,48 @@ class Emulator:
             await send(session.ws, session.compressor, {"op": 9, "d": resumable, "s": None, "t": None})
             if not resumable:
                 del self.sessions[session.id]
+
+    def withhold_acks(self, shard: int = 0) -> None:
+        """A zombie connection: the socket stays open, but Discord stops acknowledging heartbeats
+        and sends nothing more on it (events are kept and replayed on RESUME). Discord's rule: a
+        client that gets no ACK must close the connection (not with 1000/1001) and resume."""
+        session = self._live(shard)
+        if session is not None and session.ws is not None:
+            self._log(shard, "acks withheld")
+            session.silent = session.ws
+
+    async def request_heartbeat(self, shard: int = 0) -> HeartbeatRequest:
+        """Op 1 from Discord: the client must send a heartbeat at once, not at its next interval."""
+        session = self._live(shard)
+        if session is None or session.ws is None:
+            raise RuntimeError(f"shard {shard} is not connected")
+        asked = HeartbeatRequest(shard, session.ws, time.monotonic())
+        self.heartbeat_requests.append(asked)
+        self._log(shard, "op 1")
+        await send(session.ws, session.compressor, {"op": 1, "d": None, "s": None, "t": None})
+        return asked
+
+    async def close_sessions(self, code: int, reason: str) -> None:
+        """Discord closes every gateway connection with ``code``; the sessions cannot be resumed."""
+        for session in list(self.sessions.values()):
+            if session.ws is not None and not session.ws.closed:
+                self._log(session.shard, f"close {code}")
+                await session.ws.close(code=code, message=reason.encode())
+        self.sessions.clear()
+
+    async def reset_token(self) -> str:
+        """The owner resets the bot token in the Developer Portal: the old token stops working
+        at once (REST answers 401) and every gateway session is closed with 4004. Returns the
+        new token."""
+        self.token = TOKEN.rsplit(".", 1)[0] + "." + secrets.token_urlsafe(27)
+        await self.close_sessions(4004, "Authentication failed.")
+        return self.token
+
+    async def require_sharding(self, shards: int) -> None:
+        """The bot grew: ``GET /gateway/bot`` now recommends ``shards`` and every session is
+        closed with 4011 (Sharding required)."""
+        self.shards = shards
+        await self.close_sessions(4011, "Sharding required.")
 
     def connected(self, shard: int = 0) -> bool:
         session = self._live(shard)
