@@ -5,6 +5,10 @@ Each slash command and message context menu is a few lines: wrap the attachment 
 Discord's CDN only), call the handler with ``acknowledge=defer`` and send the
 :class:`~bot.handlers.Reply`. Everything else — limits, the worker pools, error messages —
 lives in :mod:`bot.handlers`, which the console runs too.
+
+The commands work wherever Discord offers them: in servers that installed the bot, in its DMs,
+and — installed to a user's account — in that user's other DMs and group DMs. Nothing they do
+needs a server: the photo arrives in the interaction and the answer goes back over its token.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ log = logging.getLogger("petlens.bot")
 # (1024 + 2048 + 16384 + 32768). Nothing else: no message content, no moderation.
 PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, embed_links=True, attach_files=True)
 SCOPES = ("bot", "applications.commands")
+
+# Where the commands may be installed and used (integration_types and contexts on every
+# command): a server or a user's account; servers, the bot's DM and other DMs / group DMs.
+INSTALLS = app_commands.AppInstallationType(guild=True, user=True)
+CONTEXTS = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
 
 OK_COLOUR = discord.Colour.green()
 ERROR_COLOUR = discord.Colour.orange()
@@ -268,7 +277,7 @@ class PetBot(discord.AutoShardedClient):
         self.handlers = handlers
         self.settings = settings
         self.downloader: Downloader | None = None
-        self.tree = PetTree(self)
+        self.tree = PetTree(self, allowed_installs=INSTALLS, allowed_contexts=CONTEXTS)
         add_commands(self.tree, handlers, self.upload)
 
     def upload(self, att: discord.Attachment) -> Upload:

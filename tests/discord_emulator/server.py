@@ -82,6 +82,8 @@ class Interaction:
     answered_at: float | None = None  # first type-4 response or follow-up
     original: Message | None = None
     followups: list[Message] = field(default_factory=list)
+    context: int = validate.GUILD  # where it was used: 0 GUILD, 1 BOT_DM, 2 PRIVATE_CHANNEL
+    install: int = validate.GUILD_INSTALL  # which installation authorized it
 
     @property
     def messages(self) -> list[Message]:
@@ -457,6 +459,10 @@ class Emulator:
             return refusal
         if self._check_message(where, body, files, new=True):
             return self._error(400, 50035, "Invalid Form Body")
+        if it.install == validate.USER_INSTALL and len(it.followups) >= validate.MAX_USER_INSTALL_FOLLOWUPS:
+            self.violate(f"{where}: a user-installed app may send at most "
+                         f"{validate.MAX_USER_INSTALL_FOLLOWUPS} follow-ups per interaction")
+            return self._error(400, 50035, "Invalid Form Body")
         flags = (body or {}).get("flags") or 0
         original = it.original
         if original is not None and original.loading:
@@ -715,13 +721,46 @@ class Emulator:
 
     # --- users invoking commands -------------------------------------------------------------
 
-    def command(self, name: str, kind: int = validate.CHAT_INPUT) -> tuple[dict, str | None]:
-        """The synced command ``name`` of ``kind`` and the guild it was synced to (None: global)."""
-        for guild, commands in self.commands.items():
-            for cmd in commands:
-                if cmd["name"] == name and cmd["type"] == kind:
-                    return cmd, guild
-        raise LookupError(f"no {name!r} command of type {kind} was synced; synced: {self.commands}")
+    def command(self, name: str, kind: int = validate.CHAT_INPUT, *, context: int = validate.GUILD,
+                install: int | None = None) -> tuple[dict, str | None]:
+        """The synced command ``name`` of ``kind`` that Discord would offer in ``context`` to an
+        app installed as ``install`` (default: GUILD_INSTALL, PRIVATE_CHANNEL needs USER_INSTALL),
+        and the guild it was synced to (None: global). Raises ``LookupError`` saying why not:
+        the bot did not register the command for that install type or context."""
+        install = self.default_install(context) if install is None else install
+        found = [(cmd, guild) for guild, commands in self.commands.items() for cmd in commands
+                 if cmd["name"] == name and cmd["type"] == kind]
+        if not found:
+            raise LookupError(f"no {name!r} command of type {kind} was synced; synced: {self.commands}")
+        reasons = []
+        for cmd, guild in found:
+            if (why := self._unavailable(cmd, guild, context, install)) is None:
+                return cmd, guild
+            reasons.append(why)
+        raise LookupError(f"Discord would not offer {name!r} in context {validate.CONTEXTS[context]} with "
+                          f"{validate.INSTALL_TYPES[install]}: " + "; ".join(reasons))
+
+    @staticmethod
+    def default_install(context: int) -> int:
+        return validate.USER_INSTALL if context == validate.PRIVATE_CHANNEL else validate.GUILD_INSTALL
+
+    @staticmethod
+    def _unavailable(cmd: dict, guild: str | None, context: int, install: int) -> str | None:
+        if guild is not None:  # guild commands: only in that guild, through its installation
+            if context != validate.GUILD or install != validate.GUILD_INSTALL:
+                return f"it was synced to guild {guild} only"
+            return None
+        # Discord's defaults: integration_types = the app's install types (this app: guild only),
+        # contexts = all three.
+        installs = cmd.get("integration_types") or [validate.GUILD_INSTALL]
+        contexts = cmd.get("contexts") or list(validate.CONTEXTS)
+        if install not in installs:
+            return f"integration_types is {installs}"
+        if context not in contexts:
+            return f"contexts is {contexts}"
+        if context == validate.PRIVATE_CHANNEL and install != validate.USER_INSTALL:
+            return "other people's DMs and group DMs are reachable only through a user install"
+        return None
 
     def guild_for_shard(self, shard: int) -> int:
         """A guild id that Discord routes to ``shard`` ((guild_id >> 22) % shard_count)."""
@@ -729,9 +768,12 @@ class Emulator:
         return ((base - base % self.shards) + shard) << 22
 
     async def invoke(self, name: str, options: dict[str, Any] | None = None, *, user_id: int | None = None,
-                     guild_id: int | None = None, shard: int | None = None) -> Interaction:
-        """A user runs ``/name``; attachment options are attachment objects (see :meth:`add_attachment`)."""
-        cmd, synced_guild = self.command(name)
+                     guild_id: int | None = None, shard: int | None = None, context: int = validate.GUILD,
+                     install: int | None = None) -> Interaction:
+        """A user runs ``/name``; attachment options are attachment objects (see :meth:`add_attachment`).
+        ``context``: 0 in a guild channel, 1 in the DM with the bot, 2 in a DM with someone else
+        (see :meth:`command` for ``install``)."""
+        cmd, synced_guild = self.command(name, context=context, install=install)
         spec = {o["name"]: o for o in cmd["options"]}
         opts, resolved = [], {}
         for key, value in (options or {}).items():
@@ -743,15 +785,16 @@ class Emulator:
         data = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
         if resolved:
             data["resolved"] = resolved
-        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard)
+        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard, context, install)
 
     async def invoke_message_menu(self, name: str, message: dict, *, user_id: int | None = None,
-                                  guild_id: int | None = None, shard: int | None = None) -> Interaction:
+                                  guild_id: int | None = None, shard: int | None = None,
+                                  context: int = validate.GUILD, install: int | None = None) -> Interaction:
         """A user right-clicks ``message`` (see :meth:`posted`, :meth:`forwarded`) and picks Apps > ``name``."""
-        cmd, synced_guild = self.command(name, validate.MESSAGE)
+        cmd, synced_guild = self.command(name, validate.MESSAGE, context=context, install=install)
         data = {"id": cmd["id"], "name": name, "type": validate.MESSAGE, "target_id": message["id"],
                 "resolved": {"messages": {message["id"]: message}}}
-        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard)
+        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard, context, install)
 
     def posted(self, attachments: list[dict] = (), *, content: str = "", embeds: list | None = None,
                author_id: int = 4242) -> dict:
@@ -764,23 +807,28 @@ class Emulator:
         its own; they are in ``message_snapshots[0].message.attachments``."""
         return payloads.forwarded(payloads.snowflake(), 1, payloads.user(author_id), original)
 
-    async def _send_interaction(self, name, data, synced_guild, user_id, guild_id, shard) -> Interaction:
-        if synced_guild is not None:
-            data["guild_id"] = synced_guild
-            guild_id = int(synced_guild)
-        elif guild_id is None:
-            guild_id = self.guild_for_shard(shard or 0)
-        target = (guild_id >> 22) % self.shards
+    async def _send_interaction(self, name, data, synced_guild, user_id, guild_id, shard, context=validate.GUILD,
+                                install=None) -> Interaction:
+        install = self.default_install(context) if install is None else install
+        if context != validate.GUILD:
+            guild_id, target = None, 0  # DMs arrive on shard 0
+        else:
+            if synced_guild is not None:
+                data["guild_id"] = synced_guild
+                guild_id = int(synced_guild)
+            elif guild_id is None:
+                guild_id = self.guild_for_shard(shard or 0)
+            target = (guild_id >> 22) % self.shards
         session = self._live(target)
         if session is None:
             raise RuntimeError(f"shard {target} never connected")
         iid, token = payloads.snowflake(), "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         user_id = user_id if user_id is not None else payloads.snowflake()
-        it = Interaction(iid, token, name, target, time.monotonic())
+        it = Interaction(iid, token, name, target, time.monotonic(), context=context, install=install)
         self.interactions[iid] = it
         await self.dispatch(session, "INTERACTION_CREATE",
                             payloads.interaction(iid, token, data, user_id=user_id, guild_id=guild_id, channel_id=1,
-                                                 size_limit=self.size_limit))
+                                                 size_limit=self.size_limit, context=context, install=install))
         return it
 
     async def answered(self, it: Interaction, timeout: float = 60.0) -> Interaction:
