@@ -2,7 +2,8 @@
 
 The token comes from ``DISCORD_TOKEN`` only; everything else has a flag and a ``PETLENS_*``
 environment default (see ``--help``). A missing, malformed or rejected token stops the bot
-with one readable line and a non-zero exit status, never a traceback.
+with one readable line and a non-zero exit status, never a traceback — at login, or later,
+when Discord ends the session with a close code that forbids reconnecting (a reset token).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ environment:
   PETLENS_*                defaults for the flags above, named after them (PETLENS_MAX_HEAVY, ...)
 
 exit status:
-  0 stopped, 1 Discord unreachable (retry), 2 configuration error, 3 token or intents rejected
+  0 stopped, 1 Discord unreachable (retry), 2 configuration error, 3 token, intents or shard
+  count rejected by Discord (at login or later, e.g. gateway close 4004 after a token reset)
 
 example:
   DISCORD_TOKEN=... python -m bot --guild-id 123456789012345678
@@ -44,6 +46,28 @@ TOKEN_SHAPE = re.compile(r"^[^.\s'\"]{10,}\.[^.\s'\"]+\.[^.\s'\"]{10,}$")
 EXIT_NETWORK = 1  # Discord could not be reached: worth retrying
 EXIT_CONFIG = 2  # the operator must fix the configuration (token missing, model, flags)
 EXIT_REJECTED = 3  # Discord refused the token or the intents: retrying will not help
+
+TOKEN_REJECTED = ("Discord rejected DISCORD_TOKEN (it was reset or is wrong). Reset it in the Developer Portal "
+                  "(Bot > Reset Token) and set the new one.")
+INTENTS_REFUSED = ("Discord refused the gateway intents; this bot needs none of the privileged ones, so check "
+                   "the application's settings.")
+
+
+def gateway_closed(code: int | None, settings: config.Settings) -> tuple[int, str]:
+    """Exit status and message for a gateway close that discord.py does not reconnect after
+    (4004, 4010-4014). These all need the operator: automatic restarts would only repeat the
+    refusal and spend the daily IDENTIFY budget, which Discord answers by resetting the token."""
+    if code == 4004:
+        return EXIT_REJECTED, f"{TOKEN_REJECTED} (gateway close 4004)"
+    if code in (4010, 4011):
+        fix = (f"raise --shards (now {settings.shards})" if settings.shards else
+               "start the bot again: it asks Discord for the recommended number of shards when it starts")
+        return EXIT_REJECTED, (f"Discord requires more gateway shards for this bot's servers (gateway close {code}); "
+                               f"{fix}.")
+    if code in (4013, 4014):
+        return EXIT_REJECTED, f"{INTENTS_REFUSED} (gateway close {code})"
+    return EXIT_REJECTED, (f"Discord closed the gateway connection with code {code} and does not allow reconnecting; "
+                           "update discord.py and check the application's settings.")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -116,13 +140,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except discord.LoginFailure:
-        print("error: Discord rejected DISCORD_TOKEN (it was reset or is wrong). Reset it in the "
-              "Developer Portal (Bot > Reset Token) and set the new one.", file=sys.stderr)
+        print(f"error: {TOKEN_REJECTED}", file=sys.stderr)
         return EXIT_REJECTED
     except discord.PrivilegedIntentsRequired:
-        print("error: Discord refused the gateway intents; this bot needs none of the privileged "
-              "ones, so check the application's settings.", file=sys.stderr)
+        print(f"error: {INTENTS_REFUSED}", file=sys.stderr)
         return EXIT_REJECTED
+    except discord.ConnectionClosed as exc:  # mid-session: token reset (4004), sharding required (4011), ...
+        status, message = gateway_closed(exc.code, settings)
+        print(f"error: {message}", file=sys.stderr)
+        return status
     except (aiohttp.ClientError, OSError, discord.GatewayNotFound, discord.HTTPException) as exc:
         print(f"error: cannot talk to Discord ({exc.__class__.__name__}: {exc}). Check the network "
               "and try again.", file=sys.stderr)
@@ -134,7 +160,8 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """Console-script entry (``petlens-bot``). Exit statuses: 1 Discord unreachable (retry),
-    2 configuration (the operator's to fix, one ``error:`` line), 3 token or intents refused."""
+    2 configuration (the operator's to fix, one ``error:`` line), 3 token, intents or shard
+    count refused by Discord (at login or when it ends the session)."""
     return run(get_args_parser(), main, argv)
 
 

@@ -5,14 +5,19 @@ Each slash command and message context menu is a few lines: wrap the attachment 
 Discord's CDN only), call the handler with ``acknowledge=defer`` and send the
 :class:`~bot.handlers.Reply`. Everything else — limits, the worker pools, error messages —
 lives in :mod:`bot.handlers`, which the console runs too.
+
+The commands work wherever Discord offers them: in servers that installed the bot, in its DMs,
+and — installed to a user's account — in that user's other DMs and group DMs. Nothing they do
+needs a server: the photo arrives in the interaction and the answer goes back over its token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import discord
@@ -31,8 +36,20 @@ log = logging.getLogger("petlens.bot")
 PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, embed_links=True, attach_files=True)
 SCOPES = ("bot", "applications.commands")
 
+# Where the commands may be installed and used (integration_types and contexts on every
+# command): a server or a user's account; servers, the bot's DM and other DMs / group DMs.
+INSTALLS = app_commands.AppInstallationType(guild=True, user=True)
+CONTEXTS = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+
 OK_COLOUR = discord.Colour.green()
 ERROR_COLOUR = discord.Colour.orange()
+
+# Answers sent with the interaction token are retried after a 429 that discord.py gave up on
+# (Cloudflare's, without a Via header) while the token lives, with this margin left.
+TOKEN_MARGIN_S = 5.0
+MAX_BACKOFF_S = 60.0
+
+T = TypeVar("T")
 
 
 def use_local_discord(base_url: str) -> None:
@@ -64,19 +81,59 @@ def message_kwargs(reply: Reply) -> dict:
     return kwargs
 
 
+def _retry_after(exc: discord.HTTPException) -> float | None:
+    """The seconds a 429 asks to wait (its ``Retry-After`` header), if it says."""
+    try:
+        return max(0.0, float(exc.response.headers["Retry-After"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+async def with_token(interaction: discord.Interaction, send: Callable[[], Awaitable[T]], what: str) -> T:
+    """``await send()`` — a request made with the interaction token — again after a 429 that
+    reached us, for as long as the token is valid (15 minutes from the interaction).
+
+    discord.py retries Discord's own 429s (they carry a ``Via`` header) but raises at once on
+    one without it: Cloudflare's answer to an IP that made too many requests, which a bot on a
+    shared address can get. Throwing away a finished result for that would be a pity. The wait
+    is the ``Retry-After`` header if present, else 1, 2, 4 … s (at most a minute). ``send`` must
+    build its message afresh on each call (discord.py closes the files it sent)."""
+    backoff = 1.0
+    while True:
+        try:
+            return await send()
+        except discord.HTTPException as exc:
+            if exc.status != 429:
+                raise
+            wait = _retry_after(exc)
+            wait = backoff if wait is None else wait
+            left = (interaction.expires_at - discord.utils.utcnow()).total_seconds() - TOKEN_MARGIN_S
+            if wait > left:
+                log.error("%s: Discord answered 429 and the interaction token expires in %.0f s, before the "
+                          "%.0f s wait it asks for; giving up", what, left + TOKEN_MARGIN_S, wait)
+                raise
+            log.warning("%s: Discord answered 429%s; sending again in %.1f s", what,
+                        "" if exc.response.headers.get("Via") else " without a Via header (Cloudflare's edge)",
+                        wait)
+            await asyncio.sleep(wait)
+            backoff = min(2 * backoff, MAX_BACKOFF_S)
+
+
 async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     """Answer the interaction, honouring ``reply.ephemeral`` whether or not it was deferred."""
-    kwargs = message_kwargs(reply)
     if not interaction.response.is_done():  # refused before deferring: a private answer
-        await interaction.response.send_message(**kwargs, ephemeral=reply.ephemeral)
+        await interaction.response.send_message(**message_kwargs(reply), ephemeral=reply.ephemeral)
     elif not reply.ephemeral:
-        await interaction.followup.send(**kwargs)  # replaces the public "thinking…" message
+        # Replaces the public "thinking…" message.
+        await with_token(interaction, lambda: interaction.followup.send(**message_kwargs(reply)), "follow-up")
     else:
         # Discord gives the first followup after a defer the defer's visibility (public here),
         # so a private error takes three steps: settle the public placeholder with a neutral
         # note, send the details privately, then remove the note.
-        await interaction.edit_original_response(content="That did not work; I sent you the details privately.")
-        await interaction.followup.send(**kwargs, ephemeral=True)
+        await with_token(interaction, lambda: interaction.edit_original_response(
+            content="That did not work; I sent you the details privately."), "edit")
+        await with_token(interaction, lambda: interaction.followup.send(**message_kwargs(reply), ephemeral=True),
+                         "private follow-up")
         try:
             await interaction.delete_original_response()
         except discord.HTTPException:
@@ -154,7 +211,7 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
     # Message context menus (right-click a message > Apps): the same handlers, limits and pools
     # as the slash commands, on the message's first image attachment.
     def posted_image(message: discord.Message) -> Upload | None:
-        return first_image([upload(a) for a in message.attachments])
+        return first_image([upload(a) for a in message_attachments(message)])
 
     @tree.context_menu(name="Classify photo")
     async def classify_photo(interaction: discord.Interaction, message: discord.Message) -> None:
@@ -175,6 +232,14 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
         if (image := posted_image(message)) is None:
             return await send_reply(interaction, no_image_reply("Explain", "explain"))
         await run_handler(interaction, lambda ack: handlers.explain(image, user=interaction.user.id, acknowledge=ack))
+
+
+def message_attachments(message: discord.Message) -> list[discord.Attachment]:
+    """A message's attachments; for a forwarded message (which has none of its own), those of
+    the message it forwards (``message_snapshots``)."""
+    if message.attachments:
+        return list(message.attachments)
+    return [a for snapshot in getattr(message, "message_snapshots", ()) for a in snapshot.attachments]
 
 
 class PetTree(app_commands.CommandTree):
@@ -199,16 +264,20 @@ class PetBot(discord.AutoShardedClient):
     Interactions arrive on whichever shard owns their server and are answered over REST.
     """
 
-    def __init__(self, handlers: Handlers, settings: Settings):
+    def __init__(self, handlers: Handlers, settings: Settings, *, heartbeat_timeout: float = 60.0):
+        """``heartbeat_timeout``: seconds without any message from the gateway (not even a
+        heartbeat ACK) after which discord.py declares the connection a zombie, closes it and
+        resumes; its default, 60, outlasts Discord's ~41 s heartbeat interval."""
         # This bot never joins voice: spare operators the "PyNaCl is not installed" warnings.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         # Slash commands and context menus need no privileged intent (not even message
         # content: a context menu's target message arrives inside the interaction).
-        super().__init__(intents=discord.Intents.default(), shard_count=settings.shards)
+        super().__init__(intents=discord.Intents.default(), shard_count=settings.shards,
+                         heartbeat_timeout=heartbeat_timeout)
         self.handlers = handlers
         self.settings = settings
         self.downloader: Downloader | None = None
-        self.tree = PetTree(self)
+        self.tree = PetTree(self, allowed_installs=INSTALLS, allowed_contexts=CONTEXTS)
         add_commands(self.tree, handlers, self.upload)
 
     def upload(self, att: discord.Attachment) -> Upload:

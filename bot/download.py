@@ -5,12 +5,16 @@ text, embed images) can point anywhere, so the bot never fetches it: an allow-li
 origins (https on ``cdn.discordapp.com`` / ``media.discordapp.net``, plus the local emulator's
 origin in tests) is checked before any connection, redirects are not followed, and the body is
 cut off at the size Discord announced.
+
+Attachment URLs are signed and expire (``ex``, a hex unix time, beside ``is`` and ``hm``); past
+it the CDN answers 404, and the user is told the link expired rather than that the file is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 import yarl
@@ -42,6 +46,16 @@ def is_allowed(url: str, allowed: tuple[tuple[str, str, int], ...] = DISCORD_CDN
     return origin(url) in allowed
 
 
+def link_expired(url: str, now: float | None = None) -> bool:
+    """Whether a signed attachment URL's ``ex`` (hex unix seconds) is past; ``False`` when the
+    URL carries no readable ``ex``."""
+    try:
+        expires = int(yarl.URL(url).query.get("ex", ""), 16)
+    except (TypeError, ValueError):
+        return False
+    return expires <= (time.time() if now is None else now)
+
+
 class Downloader:
     """Fetches attachment bytes over one ``aiohttp`` session."""
 
@@ -63,6 +77,9 @@ class Downloader:
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with self.session.get(url, allow_redirects=False) as resp:
+                    if resp.status in (403, 404, 410) and link_expired(url):
+                        raise DownloadError(f"I could not download {name}: its link expired (Discord's links to "
+                                            "attachments only work for a while). Send the photo again.")
                     if resp.status in (403, 404, 410):
                         raise DownloadError(f"{name} is no longer on Discord (the message or the file was deleted, "
                                             "or its link expired). Send the photo again.")

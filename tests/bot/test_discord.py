@@ -115,6 +115,30 @@ def test_explain_menu_sends_an_overlay(live):
     assert list(it.answer.files) == ["tom-gradcam.png"]
 
 
+@pytest.mark.parametrize("name, answer", [
+    ("Classify photo", lambda it: it.answer.embeds[0]["title"] == "I see a cat"),
+    ("Fool me", lambda it: list(it.answer.files) == ["tom-as-dog.png"]),
+    ("Explain", lambda it: list(it.answer.files) == ["tom-gradcam.png"]),
+])
+def test_menus_use_the_photo_inside_a_forwarded_message(live, name, answer):
+    """A forward carries no attachments of its own: the photo is in message_snapshots."""
+    emu = live.emu
+    photo = attach(emu, "cat", 6, "tom.png")
+    forward = emu.forwarded(emu.posted([photo], content="my cat"))
+    assert forward["attachments"] == [] and forward["message_reference"]["type"] == 1
+    assert forward["message_snapshots"][0]["message"]["attachments"] == [photo]
+    it = menu(live, name, forward)
+    assert it.response_type == 5 and not it.answer.ephemeral and answer(it), (it.answer.content, it.answer.embeds)
+    assert list(emu.cdn.values())[-1].requests == 1  # the forwarded photo, fetched once
+
+
+def test_a_forwarded_message_without_a_photo_gets_the_no_image_answer(live):
+    emu = live.emu
+    forward = emu.forwarded(emu.posted([emu.add_attachment("notes.txt", b"not a photo", "text/plain")]))
+    it = menu(live, "Classify photo", forward)
+    assert it.answer.ephemeral and "no image attached" in it.answer.content
+
+
 @pytest.fixture
 def elsewhere(live):
     """Another web server on 127.0.0.1 (a stand-in for any internal host); counts its hits."""

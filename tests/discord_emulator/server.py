@@ -4,13 +4,17 @@ One :class:`Emulator` runs inside an asyncio loop (aiohttp's server). The real d
 client talks to it after ``bot.client.use_local_discord(emulator.base_url)``. Every request is
 recorded in :attr:`Emulator.requests`; every broken rule (see :mod:`.validate`) is appended to
 :attr:`Emulator.violations` and answered with the status Discord would give. Faults are
-injected with :meth:`Emulator.fail` (REST), :meth:`drop`, :meth:`reconnect`,
-:meth:`invalidate_session` (gateway) and the ``fault`` of :meth:`add_attachment` (CDN).
+injected with :meth:`Emulator.fail` (REST; ``cloudflare=True`` for the edge's 429), :meth:`drop`,
+:meth:`reconnect`, :meth:`invalidate_session`, :meth:`withhold_acks`, :meth:`request_heartbeat`,
+:meth:`reset_token`, :meth:`require_sharding` (gateway) and the ``fault`` / ``expires_in`` of
+:meth:`add_attachment` (CDN: attachment URLs are signed and expire, as Discord's do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -25,6 +29,12 @@ from . import payloads, validate
 
 TOKEN = "MTEwMDAwMDAwMDAwMDAwMDAwMQ.emulat.or-token-for-tests-only-0123456789"
 API = "/api/v10"
+ATTACHMENT_LIFETIME_S = 24 * 3600.0  # how long a signed attachment URL stays valid
+# Cloudflare's answer to an IP it rate-limits (error 1015): a web page, not Discord's JSON.
+CLOUDFLARE_429 = ("<!DOCTYPE html><html><head><title>Access denied | discord.com used Cloudflare to restrict "
+                  "access</title></head><body><h1>Error 1015</h1><h2>You are being rate limited</h2>"
+                  "<p>The owner of this website (discord.com) has banned you temporarily from accessing this "
+                  "website.</p></body></html>")
 
 
 @dataclass
@@ -72,6 +82,8 @@ class Interaction:
     answered_at: float | None = None  # first type-4 response or follow-up
     original: Message | None = None
     followups: list[Message] = field(default_factory=list)
+    context: int = validate.GUILD  # where it was used: 0 GUILD, 1 BOT_DM, 2 PRIVATE_CHANNEL
+    install: int = validate.GUILD_INSTALL  # which installation authorized it
 
     @property
     def messages(self) -> list[Message]:
@@ -94,6 +106,7 @@ class Fault:
     status: int
     times: int
     retry_after: float | None = None
+    cloudflare: bool = False  # a 429 from Cloudflare's edge: HTML, no Via, no rate-limit headers
     hits: list[float] = field(default_factory=list)
 
 
@@ -102,7 +115,22 @@ class CdnFile:
     data: bytes
     content_type: str | None
     fault: str | None = None  # "404", "stall", "oversize"
-    requests: int = 0
+    requests: int = 0  # downloads served (refusals not counted)
+    refusals: list[int] = field(default_factory=list)  # statuses of refused downloads
+
+
+@dataclass
+class HeartbeatRequest:
+    """An op 1 the emulator sent; ``answered_at`` is when the client's heartbeat came back."""
+
+    shard: int
+    ws: Any
+    sent_at: float
+    answered_at: float | None = None
+
+    @property
+    def delay(self) -> float | None:
+        return None if self.answered_at is None else self.answered_at - self.sent_at
 
 
 class Session:
@@ -117,9 +145,10 @@ class Session:
         self.ws: web.WebSocketResponse | None = None
         self.compressor: Any = None
         self.request: web.Request | None = None
+        self.silent: web.WebSocketResponse | None = None  # a zombie connection: nothing sent on it
 
     async def send(self, payload: dict) -> None:
-        if self.ws is None or self.ws.closed:
+        if self.ws is None or self.ws.closed or self.ws is self.silent:
             return  # kept in self.events; a RESUME replays it
         await send(self.ws, self.compressor, payload)
 
@@ -156,7 +185,9 @@ class Emulator:
         self.sessions: dict[str, Session] = {}
         self.gateway_log: list[tuple[float, int, str]] = []  # (time, shard, what happened)
         self.heartbeats = 0
+        self.heartbeat_requests: list[HeartbeatRequest] = []
         self.cdn: dict[str, CdnFile] = {}
+        self._cdn_key = secrets.token_bytes(32)  # signs attachment URLs (the hm parameter)
         self.faults: list[Fault] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -225,9 +256,14 @@ class Emulator:
 
     # --- REST: recording, auth, faults -----------------------------------------------------
 
-    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float | None = None) -> Fault:
-        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with ``status``."""
-        fault = Fault(method, re.compile(path), status, times, retry_after)
+    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float | None = None,
+             cloudflare: bool = False) -> Fault:
+        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with ``status``.
+
+        A 429 is Discord's own (JSON, rate-limit headers, ``Via``) unless ``cloudflare``: then it
+        is the edge's ban page, as an IP that made too many invalid requests gets it (HTML, no
+        ``Via``, no ``X-RateLimit-*``, ``Retry-After`` only if ``retry_after`` is given)."""
+        fault = Fault(method, re.compile(path), status, times, retry_after, cloudflare)
         self.faults.append(fault)
         return fault
 
@@ -238,6 +274,8 @@ class Emulator:
         request[RECORD] = rec
         try:
             resp = self._inject(request, rec) if request.path.startswith(API) else None
+            if resp is not None and request.can_read_body:
+                await self._body(request)  # record what the refused request carried
             if resp is None and request.path.startswith(API) and self._needs_auth(request):
                 resp = self._error(401, 0, "401: Unauthorized")
             if resp is None:
@@ -260,7 +298,12 @@ class Emulator:
             if fault.times > 0 and fault.method == request.method and fault.path.search(request.path):
                 fault.times -= 1
                 fault.hits.append(time.monotonic())
-                rec.fault = f"{fault.status}"
+                rec.fault = f"{fault.status}" + (" cloudflare" if fault.cloudflare else "")
+                if fault.status == 429 and fault.cloudflare:
+                    headers = {"Server": "cloudflare", "CF-RAY": secrets.token_hex(8) + "-AMS"}
+                    if fault.retry_after is not None:
+                        headers["Retry-After"] = str(round(fault.retry_after))
+                    return web.Response(status=429, text=CLOUDFLARE_429, content_type="text/html", headers=headers)
                 if fault.status == 429:
                     # Discord's rate-limit answer; "Via" marks it as coming from Discord's edge
                     # (discord.py's webhook client only retries 429s that carry it).
@@ -416,6 +459,10 @@ class Emulator:
             return refusal
         if self._check_message(where, body, files, new=True):
             return self._error(400, 50035, "Invalid Form Body")
+        if it.install == validate.USER_INSTALL and len(it.followups) >= validate.MAX_USER_INSTALL_FOLLOWUPS:
+            self.violate(f"{where}: a user-installed app may send at most "
+                         f"{validate.MAX_USER_INSTALL_FOLLOWUPS} follow-ups per interaction")
+            return self._error(400, 50035, "Invalid Form Body")
         flags = (body or {}).get("flags") or 0
         original = it.original
         if original is not None and original.loading:
@@ -462,20 +509,41 @@ class Emulator:
 
     def add_attachment(self, filename: str, data: bytes, content_type: str | None = "image/png", *,
                        width: int | None = None, height: int | None = None, fault: str | None = None,
-                       announced_size: int | None = None) -> dict:
+                       announced_size: int | None = None, expires_in: float = ATTACHMENT_LIFETIME_S) -> dict:
         """Host ``data`` on the CDN and return its attachment object. ``fault``: "404" (deleted),
-        "stall" (headers, then no bytes), "oversize" (serves more than ``announced_size``)."""
+        "stall" (headers, then no bytes), "oversize" (serves more than ``announced_size``).
+
+        The URL is signed like Discord's: ``ex`` (hex unix time it expires, ``expires_in`` s from
+        now; negative hands out an already expired link), ``is`` (issued) and ``hm`` (the
+        signature). Past ``ex``, or with a signature that does not match, the CDN answers 404."""
         att_id = payloads.snowflake()
         path = f"/attachments/{payloads.snowflake()}/{att_id}/{filename}"
         self.cdn[path] = CdnFile(data, content_type, fault)
         size = len(data) if announced_size is None else announced_size
-        url = f"{self.base_url}{path}?ex=67a1b2c3&is=67a06143&hm=" + secrets.token_hex(16)
+        issued = int(time.time())
+        ex, is_ = f"{int(issued + expires_in):x}", f"{issued:x}"
+        url = f"{self.base_url}{path}?ex={ex}&is={is_}&hm={self._sign(path, ex, is_)}&"
         return payloads.attachment(att_id, filename, url, size, content_type, width, height)
+
+    def _sign(self, path: str, ex: str, is_: str) -> str:
+        return hmac.new(self._cdn_key, f"{path}|{ex}|{is_}".encode(), hashlib.sha256).hexdigest()
+
+    def _link_valid(self, request: web.Request) -> bool:
+        """Whether the request's ``ex``/``is``/``hm`` are this CDN's signature and not expired."""
+        ex, is_, hm = (request.query.get(k, "") for k in ("ex", "is", "hm"))
+        try:
+            expires = int(ex, 16)
+        except ValueError:
+            return False
+        return hmac.compare_digest(hm, self._sign(request.path, ex, is_)) and time.time() < expires
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         found = self.cdn.get(request.path)
         if found is None or found.fault == "404":
             return web.Response(status=404, text="Not Found")
+        if not self._link_valid(request):
+            found.refusals.append(404)
+            return web.Response(status=404, text="This content is no longer available.")
         found.requests += 1
         if found.fault == "stall":
             resp = web.StreamResponse(headers={"Content-Type": found.content_type or "application/octet-stream"})
@@ -506,8 +574,13 @@ class Emulator:
                 op, data = payload.get("op"), payload.get("d")
                 if op == 1:  # heartbeat
                     self.heartbeats += 1
+                    for asked in self.heartbeat_requests:
+                        if asked.ws is ws and asked.answered_at is None:
+                            asked.answered_at = time.monotonic()
                     if session is not None and data not in (None, session.seq) and data > session.seq:
                         self.violate(f"gateway: heartbeat with sequence {data} beyond the last sent {session.seq}")
+                    if session is not None and session.silent is ws:
+                        continue  # a zombie connection: the beat goes unacknowledged
                     await send(ws, compressor, {"op": 11, "d": None, "s": None, "t": None})
                 elif op == 2:  # identify
                     session = await self._identify(ws, compressor, request, data or {})
@@ -600,19 +673,94 @@ class Emulator:
             if not resumable:
                 del self.sessions[session.id]
 
+    def withhold_acks(self, shard: int = 0) -> None:
+        """A zombie connection: the socket stays open, but Discord stops acknowledging heartbeats
+        and sends nothing more on it (events are kept and replayed on RESUME). Discord's rule: a
+        client that gets no ACK must close the connection (not with 1000/1001) and resume."""
+        session = self._live(shard)
+        if session is not None and session.ws is not None:
+            self._log(shard, "acks withheld")
+            session.silent = session.ws
+
+    async def request_heartbeat(self, shard: int = 0) -> HeartbeatRequest:
+        """Op 1 from Discord: the client must send a heartbeat at once, not at its next interval."""
+        session = self._live(shard)
+        if session is None or session.ws is None:
+            raise RuntimeError(f"shard {shard} is not connected")
+        asked = HeartbeatRequest(shard, session.ws, time.monotonic())
+        self.heartbeat_requests.append(asked)
+        self._log(shard, "op 1")
+        await send(session.ws, session.compressor, {"op": 1, "d": None, "s": None, "t": None})
+        return asked
+
+    async def close_sessions(self, code: int, reason: str) -> None:
+        """Discord closes every gateway connection with ``code``; the sessions cannot be resumed."""
+        for session in list(self.sessions.values()):
+            if session.ws is not None and not session.ws.closed:
+                self._log(session.shard, f"close {code}")
+                await session.ws.close(code=code, message=reason.encode())
+        self.sessions.clear()
+
+    async def reset_token(self) -> str:
+        """The owner resets the bot token in the Developer Portal: the old token stops working
+        at once (REST answers 401) and every gateway session is closed with 4004. Returns the
+        new token."""
+        self.token = TOKEN.rsplit(".", 1)[0] + "." + secrets.token_urlsafe(27)
+        await self.close_sessions(4004, "Authentication failed.")
+        return self.token
+
+    async def require_sharding(self, shards: int) -> None:
+        """The bot grew: ``GET /gateway/bot`` now recommends ``shards`` and every session is
+        closed with 4011 (Sharding required)."""
+        self.shards = shards
+        await self.close_sessions(4011, "Sharding required.")
+
     def connected(self, shard: int = 0) -> bool:
         session = self._live(shard)
         return session is not None and session.ws is not None and not session.ws.closed
 
     # --- users invoking commands -------------------------------------------------------------
 
-    def command(self, name: str, kind: int = validate.CHAT_INPUT) -> tuple[dict, str | None]:
-        """The synced command ``name`` of ``kind`` and the guild it was synced to (None: global)."""
-        for guild, commands in self.commands.items():
-            for cmd in commands:
-                if cmd["name"] == name and cmd["type"] == kind:
-                    return cmd, guild
-        raise LookupError(f"no {name!r} command of type {kind} was synced; synced: {self.commands}")
+    def command(self, name: str, kind: int = validate.CHAT_INPUT, *, context: int = validate.GUILD,
+                install: int | None = None) -> tuple[dict, str | None]:
+        """The synced command ``name`` of ``kind`` that Discord would offer in ``context`` to an
+        app installed as ``install`` (default: GUILD_INSTALL, PRIVATE_CHANNEL needs USER_INSTALL),
+        and the guild it was synced to (None: global). Raises ``LookupError`` saying why not:
+        the bot did not register the command for that install type or context."""
+        install = self.default_install(context) if install is None else install
+        found = [(cmd, guild) for guild, commands in self.commands.items() for cmd in commands
+                 if cmd["name"] == name and cmd["type"] == kind]
+        if not found:
+            raise LookupError(f"no {name!r} command of type {kind} was synced; synced: {self.commands}")
+        reasons = []
+        for cmd, guild in found:
+            if (why := self._unavailable(cmd, guild, context, install)) is None:
+                return cmd, guild
+            reasons.append(why)
+        raise LookupError(f"Discord would not offer {name!r} in context {validate.CONTEXTS[context]} with "
+                          f"{validate.INSTALL_TYPES[install]}: " + "; ".join(reasons))
+
+    @staticmethod
+    def default_install(context: int) -> int:
+        return validate.USER_INSTALL if context == validate.PRIVATE_CHANNEL else validate.GUILD_INSTALL
+
+    @staticmethod
+    def _unavailable(cmd: dict, guild: str | None, context: int, install: int) -> str | None:
+        if guild is not None:  # guild commands: only in that guild, through its installation
+            if context != validate.GUILD or install != validate.GUILD_INSTALL:
+                return f"it was synced to guild {guild} only"
+            return None
+        # Discord's defaults: integration_types = the app's install types (this app: guild only),
+        # contexts = all three.
+        installs = cmd.get("integration_types") or [validate.GUILD_INSTALL]
+        contexts = cmd.get("contexts") or list(validate.CONTEXTS)
+        if install not in installs:
+            return f"integration_types is {installs}"
+        if context not in contexts:
+            return f"contexts is {contexts}"
+        if context == validate.PRIVATE_CHANNEL and install != validate.USER_INSTALL:
+            return "other people's DMs and group DMs are reachable only through a user install"
+        return None
 
     def guild_for_shard(self, shard: int) -> int:
         """A guild id that Discord routes to ``shard`` ((guild_id >> 22) % shard_count)."""
@@ -620,9 +768,12 @@ class Emulator:
         return ((base - base % self.shards) + shard) << 22
 
     async def invoke(self, name: str, options: dict[str, Any] | None = None, *, user_id: int | None = None,
-                     guild_id: int | None = None, shard: int | None = None) -> Interaction:
-        """A user runs ``/name``; attachment options are attachment objects (see :meth:`add_attachment`)."""
-        cmd, synced_guild = self.command(name)
+                     guild_id: int | None = None, shard: int | None = None, context: int = validate.GUILD,
+                     install: int | None = None) -> Interaction:
+        """A user runs ``/name``; attachment options are attachment objects (see :meth:`add_attachment`).
+        ``context``: 0 in a guild channel, 1 in the DM with the bot, 2 in a DM with someone else
+        (see :meth:`command` for ``install``)."""
+        cmd, synced_guild = self.command(name, context=context, install=install)
         spec = {o["name"]: o for o in cmd["options"]}
         opts, resolved = [], {}
         for key, value in (options or {}).items():
@@ -634,15 +785,16 @@ class Emulator:
         data = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
         if resolved:
             data["resolved"] = resolved
-        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard)
+        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard, context, install)
 
     async def invoke_message_menu(self, name: str, message: dict, *, user_id: int | None = None,
-                                  guild_id: int | None = None, shard: int | None = None) -> Interaction:
-        """A user right-clicks ``message`` (see :meth:`posted`) and picks Apps > ``name``."""
-        cmd, synced_guild = self.command(name, validate.MESSAGE)
+                                  guild_id: int | None = None, shard: int | None = None,
+                                  context: int = validate.GUILD, install: int | None = None) -> Interaction:
+        """A user right-clicks ``message`` (see :meth:`posted`, :meth:`forwarded`) and picks Apps > ``name``."""
+        cmd, synced_guild = self.command(name, validate.MESSAGE, context=context, install=install)
         data = {"id": cmd["id"], "name": name, "type": validate.MESSAGE, "target_id": message["id"],
                 "resolved": {"messages": {message["id"]: message}}}
-        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard)
+        return await self._send_interaction(name, data, synced_guild, user_id, guild_id, shard, context, install)
 
     def posted(self, attachments: list[dict] = (), *, content: str = "", embeds: list | None = None,
                author_id: int = 4242) -> dict:
@@ -650,23 +802,33 @@ class Emulator:
         return payloads.message(payloads.snowflake(), 1, payloads.user(author_id), content=content,
                                 attachments=list(attachments), embeds=embeds)
 
-    async def _send_interaction(self, name, data, synced_guild, user_id, guild_id, shard) -> Interaction:
-        if synced_guild is not None:
-            data["guild_id"] = synced_guild
-            guild_id = int(synced_guild)
-        elif guild_id is None:
-            guild_id = self.guild_for_shard(shard or 0)
-        target = (guild_id >> 22) % self.shards
+    def forwarded(self, original: dict, *, author_id: int = 4343) -> dict:
+        """Someone forwards ``original`` into the channel: the new message has no attachments of
+        its own; they are in ``message_snapshots[0].message.attachments``."""
+        return payloads.forwarded(payloads.snowflake(), 1, payloads.user(author_id), original)
+
+    async def _send_interaction(self, name, data, synced_guild, user_id, guild_id, shard, context=validate.GUILD,
+                                install=None) -> Interaction:
+        install = self.default_install(context) if install is None else install
+        if context != validate.GUILD:
+            guild_id, target = None, 0  # DMs arrive on shard 0
+        else:
+            if synced_guild is not None:
+                data["guild_id"] = synced_guild
+                guild_id = int(synced_guild)
+            elif guild_id is None:
+                guild_id = self.guild_for_shard(shard or 0)
+            target = (guild_id >> 22) % self.shards
         session = self._live(target)
         if session is None:
             raise RuntimeError(f"shard {target} never connected")
         iid, token = payloads.snowflake(), "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         user_id = user_id if user_id is not None else payloads.snowflake()
-        it = Interaction(iid, token, name, target, time.monotonic())
+        it = Interaction(iid, token, name, target, time.monotonic(), context=context, install=install)
         self.interactions[iid] = it
         await self.dispatch(session, "INTERACTION_CREATE",
                             payloads.interaction(iid, token, data, user_id=user_id, guild_id=guild_id, channel_id=1,
-                                                 size_limit=self.size_limit))
+                                                 size_limit=self.size_limit, context=context, install=install))
         return it
 
     async def answered(self, it: Interaction, timeout: float = 60.0) -> Interaction:

@@ -1,9 +1,10 @@
 """Discord's documented limits, as pure functions: each returns the list of rules a payload breaks.
 
 Sources: the Discord developer documentation, "Application Commands" (naming, lengths, option
-order, choices, the 4000-character total, context menus) and "Receiving and Responding"
-(response types, the 3 s and 15 min windows), "Message Resource" / "Embed Limits" (content,
-embeds, attachments, flags), "Uploading Files" (``attachment://`` references).
+order, choices, the 4000-character total, context menus, ``integration_types`` and ``contexts``)
+and "Receiving and Responding" (response types, the 3 s and 15 min windows, the 5 follow-ups of a
+user-installed app), "Message Resource" / "Embed Limits" (content, embeds, attachments, flags),
+"Uploading Files" (``attachment://`` references).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ EPHEMERAL = 1 << 6
 SUPPRESS_EMBEDS = 1 << 2
 SUPPRESS_NOTIFICATIONS = 1 << 12
 MESSAGE_FLAGS = EPHEMERAL | SUPPRESS_EMBEDS | SUPPRESS_NOTIFICATIONS  # what a bot may set
+
+# Where a command may be installed (integration_types) and used (contexts).
+GUILD_INSTALL, USER_INSTALL = 0, 1
+INSTALL_TYPES = {GUILD_INSTALL: "GUILD_INSTALL", USER_INSTALL: "USER_INSTALL"}
+GUILD, BOT_DM, PRIVATE_CHANNEL = 0, 1, 2
+CONTEXTS = {GUILD: "GUILD", BOT_DM: "BOT_DM", PRIVATE_CHANNEL: "PRIVATE_CHANNEL"}
+MAX_USER_INSTALL_FOLLOWUPS = 5  # per interaction, for an app that only the user installed
 
 ACK_WINDOW_S = 3.0  # the first response to an interaction
 TOKEN_WINDOW_S = 15 * 60.0  # follow-ups and edits with the interaction token
@@ -107,6 +115,22 @@ def _chars(command: dict) -> int:
     return len(command.get("name", "")) + len(command.get("description", "") or "") + walk(command.get("options") or [])
 
 
+def _enum_list_problems(where: str, field: str, value: Any, allowed: dict[int, str]) -> list[str]:
+    """``integration_types`` / ``contexts``: absent or null (Discord's default), else a list of
+    distinct values from ``allowed``. An empty list is refused too: the command could be used
+    nowhere, which is never what a bot means."""
+    if value is None:
+        return []
+    names = ", ".join(f"{k} {v}" for k, v in allowed.items())
+    if not isinstance(value, list) or not value:
+        return [f"{where}: {field} must be a non-empty list of {names}; got {value!r}"]
+    problems = [f"{where}: {field} value {v!r} is not one of {names}"
+                for v in value if isinstance(v, bool) or v not in allowed]
+    if len(set(map(repr, value))) != len(value):
+        problems.append(f"{where}: {field} lists a value twice: {value!r}")
+    return problems
+
+
 def command_problems(commands: Any) -> list[str]:
     """Rules a bulk-overwrite payload (``PUT /applications/{id}/commands``) breaks."""
     if not isinstance(commands, list):
@@ -135,6 +159,8 @@ def command_problems(commands: Any) -> list[str]:
                 problems.append(f"{where}: context menus take no options")
         else:
             problems.append(f"{where}: unknown command type")
+        problems += _enum_list_problems(where, "integration_types", cmd.get("integration_types"), INSTALL_TYPES)
+        problems += _enum_list_problems(where, "contexts", cmd.get("contexts"), CONTEXTS)
         if (n := _chars(cmd)) > MAX_COMMAND_CHARS:
             problems.append(f"{where}: {n} characters in names, descriptions and choices, at most {MAX_COMMAND_CHARS}")
     for kind, n in counts.items():
