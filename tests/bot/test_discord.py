@@ -116,7 +116,7 @@ def test_explain_menu_sends_an_overlay(live):
 
 
 @pytest.mark.parametrize("name, answer", [
-    ("Classify photo", lambda it: it.answer.embeds[0]["title"] == "I see a cat"),
+    ("Classify photo", lambda it: it.answer.embeds[0]["title"] == "A cat"),
     ("Fool me", lambda it: list(it.answer.files) == ["tom-as-dog.png"]),
     ("Explain", lambda it: list(it.answer.files) == ["tom-gradcam.png"]),
 ])

@@ -55,7 +55,7 @@ def test_classify_in_the_bots_dm(live):
     payload = dispatched(emu, it)
     assert payload["context"] == 1 and "member" not in payload and "guild_id" not in payload
     assert payload["user"]["id"] and payload["authorizing_integration_owners"] == {"0": "0"}
-    assert it.response_type == 5 and not it.answer.ephemeral and it.answer.embeds[0]["title"] == "I see a cat"
+    assert it.response_type == 5 and not it.answer.ephemeral and it.answer.embeds[0]["title"] == "A cat"
 
 
 def test_user_installed_menus_in_a_dm_with_a_friend(live):
@@ -72,7 +72,7 @@ def test_user_installed_menus_in_a_dm_with_a_friend(live):
     assert list(it.answer.files) == ["rex-as-cat.png"] and not it.answer.ephemeral
     forward = emu.forwarded(emu.posted([attach(emu, "cat", 4)]), author_id=user + 1)
     it = live.run(emu.invoke_message_menu("Classify photo", forward, user_id=user, context=validate.PRIVATE_CHANNEL))
-    assert live.run(emu.answered(it, 30), 40).answer.embeds[0]["title"] == "I see a cat"
+    assert live.run(emu.answered(it, 30), 40).answer.embeds[0]["title"] == "A cat"
 
 
 def test_user_installed_in_a_server_without_the_bot(live):
@@ -83,7 +83,7 @@ def test_user_installed_in_a_server_without_the_bot(live):
     payload = dispatched(emu, it)
     assert payload["context"] == 0 and "guild_id" in payload and payload["authorizing_integration_owners"] == {
         "1": "777002"}
-    assert it.answer.embeds[0]["title"] == "I see a dog"
+    assert it.answer.embeds[0]["title"] == "A dog"
 
 
 @pytest.mark.parametrize("field, value, words", [
