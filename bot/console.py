@@ -87,9 +87,12 @@ def _posted_image(handlers, args: argparse.Namespace, downloader):
 
     try:
         message = json.loads(args.message_json.read_text())
+        # A forwarded message carries its photo in the snapshot of the message it forwards.
+        found = message.get("attachments") or [a for snap in message.get("message_snapshots") or []
+                                               for a in (snap.get("message") or {}).get("attachments") or []]
         attachments = [SimpleNamespace(filename=str(a.get("filename", "")), content_type=a.get("content_type"),
                                        size=int(a.get("size") or 0), width=a.get("width"), height=a.get("height"),
-                                       url=str(a.get("url", ""))) for a in message.get("attachments") or []]
+                                       url=str(a.get("url", ""))) for a in found]
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise UserError(f"{args.message_json}: not a Discord message object ({exc})") from exc
 
