@@ -209,29 +209,29 @@ def add_commands(tree: app_commands.CommandTree, handlers: Handlers,
         await send_reply(interaction, handlers.about())
 
     # Message context menus (right-click a message > Apps): the same handlers, limits and pools
-    # as the slash commands, on the message's first image attachment.
-    def posted_image(message: discord.Message) -> Upload | None:
-        return first_image([upload(a) for a in message_attachments(message)])
+    # as the slash commands, on the message's first image attachment; one table, one callback.
+    for name, (slash, call) in MENUS.items():
+        tree.add_command(app_commands.ContextMenu(name=name, callback=_menu(handlers, upload, name, slash, call)))
 
-    @tree.context_menu(name="Classify photo")
-    async def classify_photo(interaction: discord.Interaction, message: discord.Message) -> None:
-        if (image := posted_image(message)) is None:
-            return await send_reply(interaction, no_image_reply("Classify photo", "classify"))
-        await run_handler(interaction, lambda ack: handlers.classify(image, user=interaction.user.id, acknowledge=ack))
 
-    @tree.context_menu(name="Fool me")
-    async def fool_me_photo(interaction: discord.Interaction, message: discord.Message) -> None:
-        if (image := posted_image(message)) is None:
-            return await send_reply(interaction, no_image_reply("Fool me", "fool-me"))
-        # No options in a context menu: the other label (the runner-up), normal strength.
-        await run_handler(interaction, lambda ack: handlers.fool_me(
-            image, target=None, strength="normal", user=interaction.user.id, acknowledge=ack))
+# Each message context menu: the slash command it stands for, and its handler call on the
+# posted photo (no options in a context menu: fool-me aims at the other label, normal strength).
+MENUS: dict[str, tuple[str, Callable[..., Awaitable[Reply]]]] = {
+    "Classify photo": ("classify", lambda h, image, **who: h.classify(image, **who)),
+    "Fool me": ("fool-me", lambda h, image, **who: h.fool_me(image, target=None, strength="normal", **who)),
+    "Explain": ("explain", lambda h, image, **who: h.explain(image, **who)),
+}
 
-    @tree.context_menu(name="Explain")
-    async def explain_photo(interaction: discord.Interaction, message: discord.Message) -> None:
-        if (image := posted_image(message)) is None:
-            return await send_reply(interaction, no_image_reply("Explain", "explain"))
-        await run_handler(interaction, lambda ack: handlers.explain(image, user=interaction.user.id, acknowledge=ack))
+
+def _menu(handlers: Handlers, upload: Callable[[Any], Upload], name: str, slash: str, call):
+    """The callback of the context menu ``name`` (see :data:`MENUS`)."""
+    async def on_message(interaction: discord.Interaction, message: discord.Message) -> None:
+        image = first_image([upload(a) for a in message_attachments(message)])
+        if image is None:
+            return await send_reply(interaction, no_image_reply(name, slash))
+        await run_handler(interaction, lambda ack: call(handlers, image, user=interaction.user.id, acknowledge=ack))
+
+    return on_message
 
 
 def message_attachments(message: discord.Message) -> list[discord.Attachment]:
