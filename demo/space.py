@@ -4,7 +4,7 @@ A Gradio Space installs its Python packages from a ``requirements.txt`` at the r
 Space repository (``pyproject.toml`` is ignored) and installs ``gradio`` itself at the
 README's ``sdk_version``. This repository's top level is fixed, so instead of keeping a
 second dependency list by hand, this command writes the Space from the repository:
-README (with the Space front matter), the three packages, the example photos, the models,
+its card (``demo/SPACE.md`` with the Space front matter), the packages, the example photos, the models,
 and a ``requirements.txt`` generated from ``pyproject.toml``.
 
     python -m demo.space OUT                      # then: hf upload USER/SPACE OUT --repo-type=space
@@ -72,7 +72,8 @@ def space_requirements(pyproject: str | Path = REPO_ROOT / "pyproject.toml", *, 
 
 
 def readme(source: Path, gradio_version: str) -> str:
-    """The repository README, with the Space front matter in front unless it has one."""
+    """The Space's own short card (``demo/SPACE.md``: for visitors, not for developers), with
+    the Space front matter in front unless it has one."""
     text = source.read_text(encoding="utf-8") if source.is_file() else "# PetLens\n"
     return text if text.startswith("---\n") else FRONT_MATTER.format(gradio=gradio_version) + "\n" + text
 
@@ -97,7 +98,7 @@ def write_space(out: str | Path, *, model: str | Path | None = None, checkpoint:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, out / name)
     (out / "requirements.txt").write_text("\n".join(space_requirements(gpu=gpu)) + "\n")
-    (out / "README.md").write_text(readme(REPO_ROOT / "README.md", gradio.__version__), encoding="utf-8")
+    (out / "README.md").write_text(readme(REPO_ROOT / "demo" / "SPACE.md", gradio.__version__), encoding="utf-8")
     (out / ".gitattributes").write_text(GITATTRIBUTES)
     return out
 
