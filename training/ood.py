@@ -9,25 +9,21 @@ Neighbors", ICML 2022, https://arxiv.org/abs/2204.06507)::
 
     score(x) = 1 - cos(f(x), k-th nearest training feature)      (higher = less pet-like)
 
-It won by measurement on real photos (``python -m benchmarks.ood``; ImageNet
-MobileNetV2 features + a cats-vs-dogs head, 200 val pets vs 80 non-pet photos): AUROC 0.989
-and 3.7% of non-pets accepted when 95% of pets are, against 0.848 / 71% for max-softmax,
-0.977 / 12.5% for class-conditional Mahalanobis (tied covariance, Ledoit-Wolf shrinkage, on
-L2-normalised features; Lee et al., 2018) and 0.964 / 22% for ViM. Mahalanobis is kept as
-``method="mahalanobis"`` and the logit baselines as ``"msp"`` / ``"energy"``. Results are
-flat in ``k`` (0.984-0.989 for k = 1..50), so the default ``k=10`` is not a fragile pick.
+It won by measurement on real photos (``python -m benchmarks.ood``; the figures, against
+max-softmax, class-conditional Mahalanobis (tied covariance, Ledoit-Wolf shrinkage, on
+L2-normalised features; Lee et al., 2018) and ViM, are in docs/is-it-a-pet.md). Mahalanobis is
+kept as ``method="mahalanobis"`` and the logit baselines as ``"msp"`` / ``"energy"``. Results are
+flat in ``k``, so the default ``k=10`` is not a fragile pick.
 
 **Which features.** Fine-tuning buys a little accuracy and costs a lot of this: it pulls
-every animal's features towards "cat" or "dog". On the shipped fine-tuned MobileNetV2 the
-same kNN score on its own features falls to AUROC 0.949 with 37.5% of non-pets accepted
-(other animals: 77%), and no mix of its layers does better than 0.953 / 27%. So when
-fine-tuning changed the backbone, the state keeps a **reference**: the pretrained weights
-of the blocks from the first changed one on. The frozen blocks before it run once and feed
-both the fine-tuned blocks (-> the class) and the reference blocks (-> the features that
-are scored), so the classifier is untouched and the score sees ImageNet's features again
-(0.989 / 3.7% on the same photos), at the price of running the late blocks twice
-(MobileNetV2: blocks 10-18, +2.0 M weights, about +25-30% CPU latency). Without pretrained
-weights (random init) or in head mode (nothing changed) the model's own features are scored.
+every animal's features towards "cat" or "dog", and the same score on a fine-tuned model's own
+features accepts far more non-pets. So when fine-tuning changed the backbone, the state keeps a
+**reference**: the pretrained weights of the blocks from the first changed one on. The frozen
+blocks before it run once and feed both the fine-tuned blocks (-> the class) and the reference
+blocks (-> the features that are scored), so the classifier is untouched and the score sees
+ImageNet's features again, at the price of running the late blocks twice (MobileNetV2: blocks
+10-18). Without pretrained weights (random init) or in head mode (nothing changed) the model's
+own features are scored.
 
 The threshold is calibrated on validation photos (never on non-pets) as a split-conformal
 quantile: with ``n`` validation scores it is the ``ceil((n+1) * target_tpr)``-th smallest,
@@ -35,20 +31,18 @@ so a new pet photo like the validation ones is accepted with probability >= ``ta
 
 **Three answers, not two.** A pet of a breed or in a setting the training photos barely hold
 scores like a pet that is a little unusual, and so does a lynx or a bear: one threshold cannot
-accept the first without the second. Measured by leaving visual clusters of the training photos
-out of the bank (``python -m benchmarks.ood --holdout-clusters 12``), shaggy small dogs are
-accepted 70% of the time at the 95% threshold. So a second, looser conformal threshold
-(``refuse_tpr``, default 98% of validation pets) splits the verdict (:func:`training.verdict.verdict`):
+accept the first without the second (measured by leaving visual clusters of the training photos
+out of the bank: ``python -m benchmarks.ood --holdout-clusters 12``). So a second, looser
+conformal threshold (``refuse_tpr``, default 98% of validation pets) splits the verdict
+(:func:`training.verdict.verdict`):
 
 - ``"pet"``: score <= ``threshold`` -- the usual answer;
 - ``"unsure"``: up to ``refuse_threshold`` -- "probably a dog, but unlike the photos I learned
   from": an answer with a caveat, for the shaggy dog and the lynx alike;
 - ``"not_pet"``: above it -- "this doesn't look like a cat or a dog".
 
-On the same proxy 92% of the shaggy dogs are no longer refused, while every object, scene and
-vehicle photo still is (one of 8 people photos gets the caveat); other animals move from
-"not a pet" to the caveat, none to "pet". States fitted before this (no ``refuse_threshold``)
-answer in two ways as before.
+States fitted before this (no ``refuse_threshold``) answer in two ways as before; the measured
+rates are in docs/is-it-a-pet.md.
 
 Everything a scorer needs is one dict of tensors, floats and strings (:func:`fit_ood`,
 :func:`reference_state`), so it lives in a checkpoint's ``extra["ood"]`` and loads with
