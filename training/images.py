@@ -13,6 +13,8 @@ import io
 import os
 import re
 import struct
+import threading
+import warnings
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -195,6 +197,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+# Pillow checks every opened image against its own process-wide limit (Image.MAX_IMAGE_PIXELS,
+# ~89 megapixels) and *prints* a DecompressionBombWarning above it, before we see the size.
+# Ours is lower and runs right after opening (check_size), so that warning only ever precedes
+# our own refusal: it is silenced while we open. catch_warnings swaps process-wide state, so
+# our threads (the bot's and the demo's workers) take turns; opening reads only the header.
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(data: bytes) -> Image.Image:
+    """``Image.open`` on our formats, without Pillow's bomb warning (our limit applies next)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+
+
 def _bomb_error(name: str, exc: Exception, max_pixels: int) -> ImageTooLargeError:
     # Pillow refuses far beyond our limit before we can see the size; its message has it.
     m = re.search(r"\((\d+) pixels\)", str(exc))
@@ -245,7 +262,7 @@ def load_image(
     if reason:
         raise UnsupportedImageError(f"{name}: {reason}")
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        img = _open(data)
     except Image.DecompressionBombError as exc:
         raise _bomb_error(name, exc, max_pixels) from exc
     except UnidentifiedImageError as exc:

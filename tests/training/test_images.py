@@ -261,3 +261,16 @@ def test_reduced_decode_matches_full_decode_after_preprocessing(jpeg_35mp):
     slow = preprocess(load_image(jpeg_35mp))
     assert fast.shape == slow.shape == (3, 224, 224)
     assert np.abs(fast - slow).mean() < 0.01
+
+
+def test_pillows_bomb_warning_never_escapes(recwarn):
+    """A header declaring more pixels than Pillow's own warning threshold (but less than its
+    error): Pillow would print a raw DecompressionBombWarning; we refuse with our message."""
+    side = int((1.5 * Image.MAX_IMAGE_PIXELS) ** 0.5)  # between Pillow's warning and its error
+    data = png_by_hand(side, side, idat=b"")
+    with pytest.warns(Image.DecompressionBombWarning):  # what a bare Image.open does
+        Image.open(io.BytesIO(data))
+    recwarn.clear()
+    with pytest.raises(ImageTooLargeError, match=f"image too large: {side}×{side} pixels, limit 60 megapixels"):
+        load_image(data)
+    assert [str(w.message) for w in recwarn] == []
