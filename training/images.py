@@ -104,6 +104,8 @@ def _read_source(src: ImageSource, max_bytes: int) -> tuple[bytes, str]:
     elif isinstance(src, (str, os.PathLike)):
         path = Path(src)
         name = path.name
+        if path.is_dir():
+            raise ImageError(f"{name} is a folder, not a photo; give a photo file (JPEG, PNG, ...).")
         if not path.is_file():
             raise ImageError(f"{name}: no such file")
         size = path.stat().st_size
@@ -271,7 +273,7 @@ def load_image(
             raise CorruptImageError(f"{name} starts like a {fmt} file but is damaged or cut short; re-save or re-send the photo.") from exc
         raise NotAnImageError(f"{name} is not an image this service can read. Send a {SUPPORTED} file.") from exc
     except Exception as exc:  # malformed headers raise all sorts of things
-        raise CorruptImageError(f"{name} looks damaged and cannot be read ({exc.__class__.__name__}); re-save or re-send the photo.") from exc
+        raise CorruptImageError(f"{name} looks damaged and cannot be read; re-save or re-send the photo.") from exc
     check_size(img.width, img.height, name, max_pixels)
     draftable = img.format in ("JPEG", "MPO")  # MPO: multi-picture JPEG from many phone cameras
     pixels = img.width * img.height
@@ -298,10 +300,12 @@ def _decode(img: Image.Image, name: str, min_side: int | None, max_pixels: int) 
     except Image.DecompressionBombError as exc:
         raise _bomb_error(name, exc, max_pixels) from exc
     except (OSError, SyntaxError, EOFError, IndexError, struct.error, zlib.error) as exc:
-        raise CorruptImageError(f"{name} is truncated or corrupt ({exc}); re-save or re-send the photo.") from exc
+        # Our words only: Pillow's ("image file is truncated (98 bytes not processed)") stay
+        # in the exception chain for logs.
+        raise CorruptImageError(f"{name} is cut short (truncated) or damaged; re-save or re-send the photo.") from exc
     except ValueError as exc:  # e.g. a colour mode Pillow cannot convert to RGB
         raise UnsupportedImageError(
-            f"{name} uses an image format variant that cannot be read ({exc}); re-save it as JPEG or PNG."
+            f"{name} uses an image format variant that cannot be read; re-save it as JPEG or PNG."
         ) from exc
 
 

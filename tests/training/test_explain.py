@@ -226,3 +226,14 @@ def test_cli_bomb_header_is_our_message_and_no_warning(tiny_checkpoint, tmp_path
     assert code == 2 and out == ""
     assert err == f"error: image too large: {side}×{side} pixels, limit 60 megapixels. Resize it and send it again.\n"
     assert [str(w.message) for w in recwarn] == []
+
+
+def test_cli_damaged_photo_is_one_line_in_our_words(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    good = tmp_path / "good.jpg"
+    disc_photo((400, 300), (200, 150), 40).save(good, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    code, out, err = run_cli(monkeypatch, capsys, ["--checkpoint", str(tiny_checkpoint), "--image", str(cut),
+                                                   "--out", str(tmp_path / "out")])
+    assert code == 2 and out == ""
+    assert err == "error: cut.jpg is cut short (truncated) or damaged; re-save or re-send the photo.\n"
