@@ -233,3 +233,22 @@ def test_ood_scorer_rides_along_and_stays_float_in_int8(tiny_checkpoint, synthet
     for op in ("MatMul", "Gemm"):
         node = next(n for n in graph.node if n.op_type == op)
         assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+def test_cli_names_what_a_non_checkpoint_is_and_what_a_checkpoint_lacks(tmp_path, capsys):
+    """`python -m export` on a text file said '... (KeyError)'; a dict missing keys was a traceback."""
+    import torch
+
+    from export.__main__ import cli
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n")
+    code, _, err = run_tool(cli, ["--model", notes, "--out", tmp_path / "m.onnx"], capsys)
+    assert code == 2 and err == (f"error: {notes} is not a checkpoint (not a file torch wrote); give the model (.pt) "
+                                 "written by `python -m training`, e.g. models/catsdogs.pt\n")
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": "petlens-checkpoint/1", "config": {"arch": "mobilenet_v3_small"}}, partial)
+    code, _, err = run_tool(cli, ["--model", partial, "--out", tmp_path / "m.onnx"], capsys)
+    assert code == 2 and err.startswith(f"error: {partial} is an incomplete petlens checkpoint: it lacks "
+                                        "state_dict, config.num_classes, config.labels.")
+    assert not (tmp_path / "m.onnx").exists()

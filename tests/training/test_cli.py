@@ -164,3 +164,79 @@ def test_training_imports_nothing_from_the_layers_above():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"training imports upward: {proc.stdout}"
+
+
+def _checkpoint_tool_argv(script: str, model: Path, tmp: Path, *, onnx: Path) -> list[str]:
+    """``script``'s command line with ``model`` where its torch checkpoint goes."""
+    photo = tmp / "photo.png"
+    from tests.conftest import synthetic_photo
+
+    synthetic_photo("cat", 0).save(photo)
+    return {
+        "petlens-evaluate": ["--model", model, "--data", tmp],
+        "petlens-fool": ["--model", model, "--target", "cat", "--out", tmp / "out", photo],
+        "petlens-ideal": ["--model", model, "--label", "cat", "--out", tmp / "i.png"],
+        "petlens-explain": ["--model", model, "--image", photo, "--out", tmp / "out"],
+        "petlens-calibrate": ["--model", model, "--data", tmp],
+        "petlens-export": ["--model", model, "--out", tmp / "m.onnx"],
+        "petlens-demo": ["--model", onnx, "--checkpoint", model],
+    }[script]
+
+
+CHECKPOINT_TOOLS = ["petlens-fool", "petlens-ideal", "petlens-explain", "petlens-calibrate", "petlens-export",
+                    "petlens-demo"]
+
+
+@pytest.mark.parametrize("script", CHECKPOINT_TOOLS)
+def test_an_onnx_export_where_the_checkpoint_goes_is_named_plainly(script, tiny_onnx, tmp_path, capsys):
+    """`petlens-explain --model models/catsdogs.onnx` answered 'UnpicklingError... Train one'."""
+    onnx = tmp_path / "catsdogs.onnx"
+    onnx.write_bytes(tiny_onnx.read_bytes())
+    code, _, err = run_tool(entry(SCRIPTS[script]), _checkpoint_tool_argv(script, onnx, tmp_path, onnx=tiny_onnx), capsys)
+    assert code == 2
+    assert err == (f"error: {onnx} is an ONNX export; this tool needs the torch checkpoint (.pt) it was "
+                   f"exported from, e.g. {tmp_path / 'catsdogs.pt'}\n")
+
+
+def test_evaluate_names_an_onnx_file_saved_as_pt(tiny_onnx, tmp_path, capsys):
+    """evaluate takes .onnx too; an ONNX file named .pt is still told apart from a checkpoint."""
+    renamed = tmp_path / "model.pt"
+    renamed.write_bytes(tiny_onnx.read_bytes())
+    argv = _checkpoint_tool_argv("petlens-evaluate", renamed, tmp_path, onnx=tiny_onnx)
+    code, _, err = run_tool(entry(SCRIPTS["petlens-evaluate"]), argv, capsys)
+    assert code == 2 and err == (f"error: {renamed} is an ONNX export; this tool needs the torch checkpoint (.pt) "
+                                 "it was exported from, (this file is ONNX despite its name)\n")
+
+
+NOT_CHECKPOINTS = {
+    "folder": "{p} is a folder, not a checkpoint file; did you mean {p}/model.pt?",
+    "empty": "{p} is empty (0 bytes), not a checkpoint; give the model (.pt) written by `python -m training`",
+    "text": "{p} is not a checkpoint (not a file torch wrote); give the model (.pt) written by `python -m training`",
+    "photo": "{p} is not a checkpoint (a PNG image); give the model (.pt) written by `python -m training`",
+    "state dict": "{p} is not a petlens checkpoint: it holds bare weights (a state dict) without the config",
+}
+
+
+# (The demo answers a folder itself, in demo/app.py's resolve_model_file, before it reads a checkpoint.)
+@pytest.mark.parametrize("script, kind", [(s, k) for s in CHECKPOINT_TOOLS for k in NOT_CHECKPOINTS
+                                          if (s, k) != ("petlens-demo", "folder")])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(script, kind, tiny_onnx, tmp_path, capsys):
+    import torch
+
+    from tests.conftest import synthetic_photo
+
+    path = tmp_path / ("run" if kind == "folder" else "model.pt")
+    if kind == "folder":
+        path.mkdir()
+        torch.save({}, path / "model.pt")
+    elif kind == "empty":
+        path.touch()
+    elif kind == "text":
+        path.write_text("my notes, not a model\n")
+    elif kind == "photo":
+        synthetic_photo("dog", 1).save(path, format="PNG")
+    else:
+        torch.save({"features.0.weight": torch.zeros(2, 2)}, path)
+    code, _, err = run_tool(entry(SCRIPTS[script]), _checkpoint_tool_argv(script, path, tmp_path, onnx=tiny_onnx), capsys)
+    assert code == 2 and err.startswith("error: " + NOT_CHECKPOINTS[kind].format(p=path)), err
+    assert "Error)" not in err  # no exception class names: "(KeyError)", "(UnpicklingError)", ...
