@@ -115,14 +115,23 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> to
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def report_error(message: object, *, json_record: dict[str, Any] | None = None) -> str:
+    """Print ``error: message`` as one line on stderr, and ``json_record`` plus
+    ``{"error": message}`` as one JSON line on stdout when given (the tool was asked for
+    ``--json``). Does not exit: a tool that goes on with its other inputs (``petlens-fool
+    a.jpg b.jpg``) reports each failed one so and exits 2 at the end. Returns the line's text."""
+    text = " ".join(str(message).split())
+    if json_record is not None:
+        print(json.dumps({**json_record, "error": text}), flush=True)
+    print("error: " + text, file=sys.stderr, flush=True)
+    return text
+
+
 def fail(message: object, *, status: int = EXIT_USAGE, json_line: bool = False) -> NoReturn:
     """Report a user's mistake the one way: ``error: message`` as one line on stderr, exit 2.
     ``json_line`` (the tool was asked for ``--json``): also ``{"error": message}`` on stdout,
     so a script reading the JSON lines sees why nothing came."""
-    text = " ".join(str(message).split())
-    if json_line:
-        print(json.dumps({"error": text}), flush=True)
-    print("error: " + text, file=sys.stderr, flush=True)
+    report_error(message, json_record={} if json_line else None)
     sys.exit(status)
 
 
@@ -141,9 +150,9 @@ def run(p: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], a
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except failures as exc:
-        fail(_one_line(exc), status=EXIT_FAILED, json_line=as_json)
+        fail(describe_error(exc), status=EXIT_FAILED, json_line=as_json)
     except user_errors as exc:
-        fail(_one_line(exc), json_line=as_json)
+        fail(describe_error(exc), json_line=as_json)
     except Exception as exc:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -154,7 +163,8 @@ def run(p: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], a
     return 0
 
 
-def _one_line(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """The message of ``exc`` for a person: an OSError as ``file: reason`` (not ``[Errno 2] ...``)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror.lower()}"
     return str(exc).strip() or type(exc).__name__
