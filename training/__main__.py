@@ -23,7 +23,7 @@ import torch
 
 from . import distributed
 from .checkpoint import save_checkpoint
-from .cli import USER_ERRORS, add_device, fraction, make_parser, positive, run
+from .cli import USER_ERRORS, add_device, fraction, make_parser, out_folder, positive, run
 from .data import DatasetError, Sample, Splits, check_classes, check_images, find_dataset
 from .distributed import DistInfo
 from .engine import Precision
@@ -101,6 +101,7 @@ def _summary(splits: Splits) -> str:
 def main(args: argparse.Namespace) -> dict:
     """Train as described by ``args`` (see :func:`get_args_parser`); returns the metrics
     written to ``RUN/metrics.json``."""
+    out_folder(args.out, contents="model.pt, metrics.json, curves.png and confusion.png")  # before the training, not after
     info = distributed.setup(args.device)
     try:
         return _train(args, info)

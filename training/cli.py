@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # torch is imported only when a device is resolved: `petlens-bot --help` stays fast
@@ -95,6 +96,35 @@ def fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
+
+
+def out_folder(path: str | Path, *, contents: str) -> Path:
+    """``--out`` for a tool that writes several files into a FOLDER (created when missing):
+    an existing file, or a name with an image suffix (``--out cat.png``, which would become a
+    folder called ``cat.png``), is a :class:`UsageError` saying what goes inside, e.g.
+    ``contents="<photo name>-cat.png"``."""
+    from .images import IMAGE_SUFFIXES  # lazily: numpy and Pillow are not needed for --help
+
+    path = Path(path)
+    if path.is_file():
+        why = f"{path} is an existing file"
+    elif not path.exists() and path.suffix.lower() in IMAGE_SUFFIXES:
+        why = f"{path} looks like a file name"
+    else:
+        return path
+    raise UsageError(f"--out is a folder: the files inside it are named {contents}; {why}. "
+                     f"Give a folder, e.g. --out {path.with_suffix('')}/")
+
+
+def out_file(path: str | Path, *, suffixes: Sequence[str], example: str) -> Path:
+    """``--out`` for a tool that writes ONE file: an existing folder or another suffix than
+    ``suffixes`` is a :class:`UsageError` with an example name (``example``, in the folder given)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out is the file to write, and {path} is a folder; give a file name, e.g. --out {path / example}")
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"--out must end in {' or '.join(suffixes)}, got {path}; e.g. --out {path.with_suffix(suffixes[0])}")
+    return path
 
 
 def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> torch.device:

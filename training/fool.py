@@ -39,6 +39,7 @@ from .cli import (
     add_model,
     describe_error,
     make_parser,
+    out_folder,
     positive,
     report_error,
     resolve_device,
@@ -86,10 +87,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else (8 / 255 if args.robust else 2 / 255)
+    out_dir = out_folder(args.out, contents=f"<photo name>-{args.target}.png")
     model, labels = load_checkpoint(args.model, device=resolve_device(args.device))
     if args.target not in labels:
         raise UsageError(f"unknown --target {args.target!r}; this model knows: {', '.join(labels)}")
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     written: set[Path] = set()

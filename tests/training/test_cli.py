@@ -240,3 +240,54 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is(script, kind, tiny_onnx
     code, _, err = run_tool(entry(SCRIPTS[script]), _checkpoint_tool_argv(script, path, tmp_path, onnx=tiny_onnx), capsys)
     assert code == 2 and err.startswith("error: " + NOT_CHECKPOINTS[kind].format(p=path)), err
     assert "Error)" not in err  # no exception class names: "(KeyError)", "(UnpicklingError)", ...
+
+
+def _out_argv(script: str, out: Path, tmp: Path, model: Path) -> list:
+    from tests.conftest import synthetic_photo
+
+    photo = tmp / "rex.jpg"
+    synthetic_photo("dog", 0).save(photo)
+    return {
+        "petlens-fool": ["--model", model, "--target", "cat", "--out", out, photo],
+        "petlens-explain": ["--model", model, "--image", photo, "--out", out],
+        "petlens-train": ["--data", tmp, "--out", out, "--weights", "none"],
+        "petlens-ideal": ["--model", model, "--label", "cat", "--out", out],
+        "petlens-calibrate": ["--model", model, "--data", tmp, "--out", out],
+    }[script]
+
+
+FOLDER_CONTENTS = {
+    "petlens-fool": "<photo name>-cat.png",
+    "petlens-explain": "<photo name>-gradcam.png and <photo name>-features-<layer>.png",
+    "petlens-train": "model.pt, metrics.json, curves.png and confusion.png",
+}
+
+
+@pytest.mark.parametrize("script", sorted(FOLDER_CONTENTS))
+@pytest.mark.parametrize("kind", ["image name", "existing file"])
+def test_an_out_folder_that_is_a_file_name_is_refused(script, kind, tiny_checkpoint, tmp_path, capsys):
+    """`--out cat.png` made a folder named cat.png; an existing file failed after all the work."""
+    out = tmp_path / "cat.png"
+    if kind == "existing file":
+        out = tmp_path / "notes.txt"
+        out.write_text("keep me")
+    code, _, err = run_tool(entry(SCRIPTS[script]), _out_argv(script, out, tmp_path, tiny_checkpoint), capsys)
+    why = "looks like a file name" if kind == "image name" else "is an existing file"
+    assert code == 2 and err == (f"error: --out is a folder: the files inside it are named {FOLDER_CONTENTS[script]}; "
+                                 f"{out} {why}. Give a folder, e.g. --out {out.with_suffix('')}/\n")
+    assert not out.is_dir()
+
+
+@pytest.mark.parametrize("script, example, suffix", [("petlens-ideal", "ideal_cat.png", ".png"),
+                                                     ("petlens-calibrate", "tiny.pt", ".pt")])
+def test_an_out_file_that_is_a_folder_or_has_the_wrong_suffix_is_refused(script, example, suffix, tiny_checkpoint,
+                                                                        tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code, _, err = run_tool(entry(SCRIPTS[script]), _out_argv(script, folder, tmp_path, tiny_checkpoint), capsys)
+    assert code == 2 and err == (f"error: --out is the file to write, and {folder} is a folder; give a file name, "
+                                 f"e.g. --out {folder / example}\n")
+    jpg = tmp_path / "ideal.jpg"
+    code, _, err = run_tool(entry(SCRIPTS[script]), _out_argv(script, jpg, tmp_path, tiny_checkpoint), capsys)
+    assert code == 2 and err == f"error: --out must end in {suffix}, got {jpg}; e.g. --out {jpg.with_suffix(suffix)}\n"
+    assert not jpg.exists()
