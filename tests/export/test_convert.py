@@ -252,3 +252,40 @@ def test_cli_names_what_a_non_checkpoint_is_and_what_a_checkpoint_lacks(tmp_path
     assert code == 2 and err.startswith(f"error: {partial} is an incomplete petlens checkpoint: it lacks "
                                         "state_dict, config.num_classes, config.labels.")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_photo_folders_that_cannot_serve_are_user_errors(tiny_checkpoint, tiny_onnx, tmp_path, capsys):
+    """Empty or unusable --verify / --calibration folders and a --triton-repo that is a file
+    were exit 1, some only after the export had run; now exit 2 before any work."""
+    from export.__main__ import cli
+    from export.quantize import cli as quantize_cli
+
+    empty, few, notes = tmp_path / "empty", tmp_path / "few", tmp_path / "notes.txt"
+    empty.mkdir()
+    few.mkdir()
+    for i in range(3):
+        synthetic_photo("cat", i).save(few / f"{i}.png")
+    notes.write_text("not a folder")
+    base = ["--model", tiny_checkpoint, "--out", tmp_path / "m.onnx"]
+    cases = [
+        (cli, [*base, "--verify", empty], f"no photos in {empty} to verify the export on; give a folder of real photos"),
+        (cli, [*base, "--triton-repo", notes], f"--triton-repo is a folder (its models go in <name>/config.pbtxt and "
+                                               f"<name>/1/model.onnx), and {notes} is a file"),
+        (cli, [*base, "--int8", "--calibration", few], f"--calibration {few} has 3 photos; int8 calibration needs at "
+                                                       "least 10 real photos"),
+        (quantize_cli, ["--model", tiny_onnx, "--calibration", few, "--out", tmp_path / "q.onnx"],
+         f"{few} has 3 photos; calibration needs at least 10 real photos"),
+    ]
+    for entry, argv, message in cases:
+        code, _, err = run_tool(entry, argv, capsys)
+        assert code == 2 and err.startswith("error: " + message), err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "q.onnx").exists()
+
+
+def test_verification_photos_none_of_which_can_be_read_are_a_photos_error(tiny_checkpoint, tiny_onnx, tmp_path):
+    from export.convert import PhotosError
+
+    bad = tmp_path / "cat.jpg"
+    bad.write_text("not a photo")
+    with pytest.raises(PhotosError, match="none of the 1 verification photos could be read as images"):
+        verify(tiny_checkpoint, tiny_onnx, [bad])
