@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .images import _magic_format
 from .model import ARCHS, PetClassifier, build_model
+from .sniff import file_kind
 
 FORMAT = "petlens-checkpoint/1"
 
@@ -66,22 +66,6 @@ TRAIN_HINT = "give the model (.pt) written by `python -m training`, e.g. models/
 REQUIRED = {"config": ("arch", "num_classes", "labels"), "state_dict": ()}
 
 
-def _file_kind(path: Path) -> str:
-    """What ``path`` holds by its first bytes (and name): ``"torch"`` (the zip or pickle that
-    torch.save writes), ``"onnx"``, ``"empty"``, an image format (``"PNG"``, ...) or ``"other"``."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        return "empty"
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return "torch"
-    # An ONNX ModelProto opens with field 1 (ir_version, a small varint) and then field 2-8.
-    if path.suffix.lower() == ".onnx" or (len(head) > 2 and head[0] == 0x08 and head[1] < 0x20
-                                          and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)):
-        return "onnx"
-    return _magic_format(head) or "other"
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict (config, metrics, extra), validated: anything else (a missing
     file, a folder, the ONNX export, a photo, a bare state dict, a dict missing keys) is a
@@ -93,7 +77,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if kind == "empty":
         raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; {TRAIN_HINT}")
     if kind == "onnx":

@@ -291,3 +291,61 @@ def test_an_out_file_that_is_a_folder_or_has_the_wrong_suffix_is_refused(script,
     code, _, err = run_tool(entry(SCRIPTS[script]), _out_argv(script, jpg, tmp_path, tiny_checkpoint), capsys)
     assert code == 2 and err == f"error: --out must end in {suffix}, got {jpg}; e.g. --out {jpg.with_suffix(suffix)}\n"
     assert not jpg.exists()
+
+
+def _wrong_input_cases(tmp: Path, ckpt: Path, data: Path) -> dict[str, tuple[str, list, str]]:
+    """name -> (console script, argv, the whole error line after 'error: ')."""
+    from tests.conftest import synthetic_photo
+
+    folder, notes, photo = tmp / "folder", tmp / "notes.txt", tmp / "photo.png"
+    folder.mkdir()
+    notes.write_text("not a model, not photos\n")
+    synthetic_photo("cat", 0).save(photo)
+    junk_weights = tmp / "weights.pth"
+    junk_weights.write_text("not weights")
+    return {
+        "evaluate --model folder": ("petlens-evaluate", ["--model", folder, "--data", folder],
+                                    f"--model {folder} is a folder; give the model file (.pt or .onnx)"),
+        "evaluate --data file": ("petlens-evaluate", ["--model", ckpt, "--data", notes],
+                                 f"--data must be a folder of photos, got a file: {notes}"),
+        "evaluate --ood file": ("petlens-evaluate", ["--model", ckpt, "--data", folder, "--ood", notes],
+                                f"--ood must be a folder of photos, got a file: {notes}"),
+        "train --weights missing": ("petlens-train", ["--data", folder, "--out", tmp / "run", "--weights", tmp / "w.pth"],
+                                    f"--weights {tmp / 'w.pth'}: not found (imagenet, none, or PATH to a state dict "
+                                    "in torchvision layout)"),
+        "calibrate --weights junk": ("petlens-calibrate", ["--model", ckpt, "--data", data, "--weights", junk_weights],
+                                 f"{junk_weights} is not a PyTorch state dict: torch cannot read it as one (not a file "
+                                 "torch.save wrote, damaged, or holding more than tensors)."),
+        "ideal --imagenet-weights folder": ("petlens-ideal", ["--imagenet-arch", "resnet18", "--imagenet-weights", folder,
+                                                              "--label", "zebra", "--out", tmp / "z.png"],
+                                            f"--imagenet-weights {folder} is a folder; give the state dict file"),
+        "demo --model checkpoint": ("petlens-demo", ["--model", ckpt, "--checkpoint", ckpt],
+                                    f"{ckpt} is a torch checkpoint; this needs the ONNX model exported from it: "
+                                    f"`python -m export --checkpoint {ckpt} --out {ckpt.with_suffix('.onnx')}`"),
+        "demo --model text": ("petlens-demo", ["--model", notes, "--checkpoint", ckpt],
+                              f"{notes} is not an ONNX model; give one written by `python -m export`, "
+                              "e.g. models/catsdogs.onnx"),
+        "demo --model photo": ("petlens-demo", ["--model", photo, "--checkpoint", ckpt],
+                               f"{photo} is a PNG image, not an ONNX model; give the model, e.g. models/catsdogs.onnx"),
+        "evaluate --model checkpoint named .onnx": (
+            "petlens-evaluate", ["--model", tmp / "ckpt.onnx", "--data", folder],
+            f"{tmp / 'ckpt.onnx'} is a torch checkpoint; this needs the ONNX model exported from it: "
+            f"`python -m export --checkpoint {tmp / 'ckpt.onnx'} --out {tmp / 'ckpt-exported.onnx'}`"),
+    }
+
+
+WRONG_INPUTS = [
+    "evaluate --model folder", "evaluate --data file", "evaluate --ood file", "train --weights missing",
+    "calibrate --weights junk", "ideal --imagenet-weights folder", "demo --model checkpoint", "demo --model text",
+    "demo --model photo", "evaluate --model checkpoint named .onnx"]
+
+
+@pytest.mark.parametrize("case", WRONG_INPUTS)
+def test_a_wrong_file_or_folder_is_one_line_in_our_words(case, tiny_checkpoint, synthetic_data, tmp_path, capsys):
+    """What a first try at each tool hit (a folder, a file, the other model format, junk):
+    one `error:` line naming what is wrong, before any long work, and no traceback."""
+    (tmp_path / "ckpt.onnx").write_bytes(tiny_checkpoint.read_bytes())
+    script, argv, message = _wrong_input_cases(tmp_path, tiny_checkpoint, synthetic_data)[case]
+    code, out, err = run_tool(entry(SCRIPTS[script]), argv, capsys)
+    assert code == 2 and err == f"error: {message}\n"
+    assert "data:" not in out  # train: refused before the photos were even checked
