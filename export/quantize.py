@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from training.cli import add_model, make_parser, positive, run
+from training.cli import add_model, make_parser, out_file, positive, run
 from training.images import ImageError, image_files
 
 from .convert import ExportError, PhotosError
@@ -275,6 +275,7 @@ def describe(report: QuantReport) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    out_file(args.out, suffixes=(".onnx",), example=f"{Path(args.model).stem}-int8.onnx")  # before quantizing
     report = quantize_int8(args.model, args.out, args.calibration, n_calibration=args.n_calibration,
                            settings=settings_from_args(args))
     print(describe(report))

@@ -289,3 +289,11 @@ def test_verification_photos_none_of_which_can_be_read_are_a_photos_error(tiny_c
     bad.write_text("not a photo")
     with pytest.raises(PhotosError, match="none of the 1 verification photos could be read as images"):
         verify(tiny_checkpoint, tiny_onnx, [bad])
+
+
+def test_quantize_cli_refuses_an_out_folder_before_quantizing(tiny_onnx, tmp_path, capsys):
+    from export.quantize import cli as quantize_cli
+
+    code, _, err = run_tool(quantize_cli, ["--model", tiny_onnx, "--calibration", tmp_path, "--out", tmp_path], capsys)
+    assert code == 2 and err == (f"error: --out is the file to write, and {tmp_path} is a folder; give a file name, "
+                                 f"e.g. --out {tmp_path / 'tiny-int8.onnx'}\n")
