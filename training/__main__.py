@@ -105,8 +105,8 @@ def main(args: argparse.Namespace) -> dict:
     out_folder(args.out, contents="model.pt, metrics.json, curves.png and confusion.png")
     weights = None if args.weights in ("imagenet", "none") else Path(args.weights)
     if weights is not None and not weights.is_file():
-        what = "is a folder; give the weights file" if weights.is_dir() else "not found"
-        raise UsageError(f"--weights {weights}: {what} (imagenet, none, or PATH to a state dict in torchvision layout)")
+        what = f"{weights} is a folder; give the weights file" if weights.is_dir() else f"{weights}: not found"
+        raise UsageError(f"--weights {what} (imagenet, none, or PATH to a state dict in torchvision layout)")
     info = distributed.setup(args.device)
     try:
         return _train(args, info)

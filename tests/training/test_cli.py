@@ -310,6 +310,9 @@ def _wrong_input_cases(tmp: Path, ckpt: Path, data: Path) -> dict[str, tuple[str
                                  f"--data must be a folder of photos, got a file: {notes}"),
         "evaluate --ood file": ("petlens-evaluate", ["--model", ckpt, "--data", folder, "--ood", notes],
                                 f"--ood must be a folder of photos, got a file: {notes}"),
+        "train --weights folder": ("petlens-train", ["--data", folder, "--out", tmp / "run", "--weights", folder],
+                                   f"--weights {folder} is a folder; give the weights file (imagenet, none, or PATH "
+                                   "to a state dict in torchvision layout)"),
         "train --weights missing": ("petlens-train", ["--data", folder, "--out", tmp / "run", "--weights", tmp / "w.pth"],
                                     f"--weights {tmp / 'w.pth'}: not found (imagenet, none, or PATH to a state dict "
                                     "in torchvision layout)"),
@@ -336,6 +339,7 @@ def _wrong_input_cases(tmp: Path, ckpt: Path, data: Path) -> dict[str, tuple[str
 
 WRONG_INPUTS = [
     "evaluate --model folder", "evaluate --data file", "evaluate --ood file", "train --weights missing",
+    "train --weights folder",
     "calibrate --weights junk", "ideal --imagenet-weights folder", "demo --model checkpoint", "demo --model text",
     "demo --model photo", "evaluate --model checkpoint named .onnx"]
 
