@@ -9,12 +9,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 from pathlib import Path
 
 from demo.app import launch, load_demo
 from demo.lanes import MAX_WAITING, PER_CLIENT
 from training.cli import UsageError, add_model, make_parser, positive, run
+
+DEFAULT_PORT = 7860  # gradio's, when neither --port nor GRADIO_SERVER_PORT names one
+PORTS_TRIED = 100  # gradio's search: DEFAULT_PORT .. DEFAULT_PORT + 99
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -24,7 +29,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="address to listen on (default: 127.0.0.1, or GRADIO_SERVER_NAME if set; "
                              "0.0.0.0 for every interface)")
     parser.add_argument("--port", type=positive(int), default=None,
-                        help="port to listen on (default: 7860 or the next free one, or GRADIO_SERVER_PORT if set)")
+                        help="port to listen on; busy is an error (default: GRADIO_SERVER_PORT if set, else 7860 "
+                             "or, when that is busy, the next free one, which is then printed)")
     add_model(parser, required=False,
               help="ONNX classifier used for every label the demo shows, or a Triton URL "
                              "http://host:8000/<model> (default: models/catsdogs.onnx)")
@@ -50,16 +56,75 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (SO_REUSEADDR, as uvicorn binds)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: no such address on this machine") from exc
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def _asked_port() -> tuple[int | None, str]:
+    """The port the user named (``--port`` is read by the caller; here GRADIO_SERVER_PORT, as a
+    Space sets it) and how they named it."""
+    env = os.environ.get("GRADIO_SERVER_PORT")
+    if not env:
+        return None, ""
+    try:
+        return int(env), "GRADIO_SERVER_PORT"
+    except ValueError:
+        raise UsageError(f"GRADIO_SERVER_PORT={env!r} is not a port number") from None
+
+
+def _busy(host: str, port: int, named_by: str) -> UsageError:
+    return UsageError(f"port {port} is busy on {host} (asked for by {named_by}); stop what is using it, "
+                      "or choose another port with --port")
+
+
+def _serving_port(host: str) -> int:
+    """Gradio would take the next free port after a busy 7860 without a word; say so."""
+    port = next((p for p in range(DEFAULT_PORT, DEFAULT_PORT + PORTS_TRIED) if port_is_free(host, p)), None)
+    if port is None:
+        raise UsageError(f"ports {DEFAULT_PORT}-{DEFAULT_PORT + PORTS_TRIED - 1} are all busy on {host}; "
+                         "choose a port with --port")
+    if port != DEFAULT_PORT:
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        print(f"port {DEFAULT_PORT} is busy; serving on http://{shown}:{port} instead", file=sys.stderr, flush=True)
+    return port
+
+
 def main(args: argparse.Namespace) -> int:
     if args.examples is not None and not args.examples.is_dir():
         raise UsageError(f"--examples {args.examples}: no such folder")
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port, named_by = (args.port, "--port") if args.port is not None else _asked_port()
+    if port is not None and not port_is_free(host, port):  # before the models take seconds to load
+        raise _busy(host, port, named_by)
     # A missing file, a bad model, Triton unreachable, labels that do not match: one line, exit 2.
     app = load_demo(
         args.model, args.checkpoint, examples=args.examples, fool_steps=args.fool_steps,
         ideal_steps=args.ideal_steps, heavy_concurrency=args.heavy_concurrency, max_queue=args.max_queue,
         jobs_per_client=args.jobs_per_client,
     )
-    launch(app, host=args.host, port=args.port, share=args.share, examples=args.examples)
+    searched = port is None
+    if searched:
+        port = _serving_port(host)
+    try:
+        launch(app, host=args.host, port=port, share=args.share, examples=args.examples)
+    except OSError as exc:  # taken while the models loaded; gradio's own text is about launch()
+        if port_is_free(host, port):
+            raise
+        if searched:
+            raise UsageError(f"port {port} was taken while the demo loaded; run it again, "
+                             "or choose a port with --port") from exc
+        raise _busy(host, port, named_by) from exc
     return 0
 
 

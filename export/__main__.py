@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 from training.cli import UsageError, add_model, make_parser, positive, run
+from training.images import image_files
 
 from .convert import OPSET, ExportError, export_onnx
-from .quantize import describe, quantize_int8
+from .quantize import MIN_CALIBRATION, describe, quantize_int8
 from .triton import write_triton_repo
 
 
@@ -66,6 +67,17 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"verification folder not found: {args.verify}")
     if args.out and args.out.suffix != ".onnx":
         raise UsageError(f"--out should end in .onnx, got {args.out}")
+    # What would otherwise fail only after the export (tens of seconds) is refused first.
+    if args.out and args.out.is_dir():
+        raise UsageError(f"--out is the ONNX file to write, and {args.out} is a folder; "
+                         f"give a file name, e.g. --out {args.out / 'model.onnx'}")
+    if args.triton_repo and args.triton_repo.exists() and not args.triton_repo.is_dir():
+        raise UsageError(f"--triton-repo is a folder (its models go in <name>/config.pbtxt and <name>/1/model.onnx), "
+                         f"and {args.triton_repo} is a file")
+    n_calibration = len(image_files(args.calibration)) if args.int8 else MIN_CALIBRATION
+    if n_calibration < MIN_CALIBRATION:
+        raise UsageError(f"--calibration {args.calibration} has {n_calibration} photos; "
+                         f"int8 calibration needs at least {MIN_CALIBRATION} real photos (ideally 100+)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -55,6 +55,12 @@ class ExportError(RuntimeError):
     """The export could not be produced or failed its check; the message says why."""
 
 
+class PhotosError(ValueError):
+    """A folder of photos given to check or calibrate with (``--verify``, ``--calibration``)
+    that cannot serve: none in it, or none readable. The user's to fix (exit status 2), unlike
+    an :class:`ExportError`."""
+
+
 @dataclass
 class ExportReport:
     """What :func:`export_onnx` wrote and how closely onnxruntime matched torch."""
@@ -217,7 +223,8 @@ def verify(
         except ImageError:  # a damaged photo in the folder is not the export's fault
             continue
     if not arrays:
-        raise ExportError("none of the verification images could be read")
+        raise PhotosError(f"none of the {len(images)} verification photos could be read as images; "
+                          "give a folder of real photos (JPEG, PNG, ...)")
     batch = np.stack(arrays)
     model, _ = load_checkpoint(checkpoint)
     module = _export_module(model, half, _ood_scorer(read_checkpoint(checkpoint)))
@@ -275,7 +282,8 @@ def export_onnx(
     elif isinstance(verify_images, (str, os.PathLike)):
         images, real = image_files(verify_images, limit=n_verify), True
         if not images:
-            raise ExportError(f"no images found in {verify_images} to verify the export on")
+            raise PhotosError(f"no photos in {verify_images} to verify the export on; give a folder of real photos "
+                              "(JPEG, PNG, ...), e.g. your validation images")
     else:
         images, real = list(verify_images), True
 

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from training.presets import CROP_SIZE
+from training.sniff import file_kind
 
 from .backend import ModelError
 
@@ -94,6 +95,22 @@ def session_options(threads: int | None = None, spinning: bool = False) -> ort.S
     return so
 
 
+def _refuse_non_onnx(path: Path) -> None:
+    """A torch checkpoint, a photo or an empty file where the ONNX model goes, in words
+    (onnxruntime would say 'INVALID_PROTOBUF : ... Protobuf parsing failed')."""
+    kind = file_kind(path)
+    if kind == "torch":
+        onnx = path.with_suffix(".onnx")
+        if onnx == path:
+            onnx = path.with_name(f"{path.stem}-exported.onnx")
+        raise ModelError(f"{path} is a torch checkpoint; this needs the ONNX model exported from it: "
+                         f"`python -m export --checkpoint {path} --out {onnx}`")
+    if kind == "empty":
+        raise ModelError(f"{path} is empty (0 bytes), not an ONNX model")
+    if kind not in ("onnx", "other"):
+        raise ModelError(f"{path} is a {kind} image, not an ONNX model; give the model, e.g. models/catsdogs.onnx")
+
+
 class OnnxBackend:
     """An ONNX file in onnxruntime (see :class:`export.backend.Backend`). Use :meth:`open`.
     ``session`` is the ``InferenceSession``, ``input_name`` its one input."""
@@ -117,8 +134,11 @@ class OnnxBackend:
         """Open the ONNX file ``path`` (arguments: see :meth:`export.runtime.Classifier.load`).
         Raises :class:`ModelError` for a missing or unreadable file or an unusable provider."""
         path = Path(path)
+        if path.is_dir():
+            raise ModelError(f"{path} is a folder; give the ONNX model file, e.g. models/catsdogs.onnx")
         if not path.is_file():
             raise ModelError(f"model not found: {path}. Export one with `python -m export --checkpoint C --out {path.name}`.")
+        _refuse_non_onnx(path)
         providers = list(providers) if providers else default_providers()
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
@@ -133,6 +153,9 @@ class OnnxBackend:
         try:
             session = ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
+            if "INVALID_PROTOBUF" in str(exc):  # not ONNX at all: its parser's words would not help
+                raise ModelError(f"{path} is not an ONNX model; give one written by `python -m export`, "
+                                 "e.g. models/catsdogs.onnx") from exc
             raise ModelError(f"{path} is not an ONNX model onnxruntime can run ({str(exc).splitlines()[0][:200]})") from exc
         meta = dict(session.get_modelmeta().custom_metadata_map)
         n_out = session.get_outputs()[0].shape[-1]

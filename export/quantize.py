@@ -34,13 +34,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from training.cli import add_model, make_parser, positive, run
+from training.cli import add_model, make_parser, out_file, positive, run
 from training.images import ImageError, image_files
 
-from .convert import ExportError
+from .convert import ExportError, PhotosError
 from .runtime import Classifier
 
 N_CALIBRATION = 200
+MIN_CALIBRATION = 10  # fewer photos cannot place the activation ranges
 N_CHECK = 64
 MIN_AGREEMENT = 0.9  # top-1 agreement with the float model on held-out photos
 
@@ -95,7 +96,8 @@ def load_batch(clf: Classifier, files: list[Path]) -> tuple[np.ndarray, int]:
         except ImageError:
             skipped += 1
     if not arrays:
-        raise ExportError("none of the calibration files could be read as images")
+        raise PhotosError(f"none of the {len(files)} calibration photos could be read as images; "
+                          "give a folder of real photos (JPEG, PNG, ...)")
     return np.stack(arrays), skipped
 
 
@@ -185,8 +187,9 @@ def quantize_int8(
     fp32_path, out = Path(fp32_path), Path(out)
     fp32 = Classifier.load(fp32_path, providers=["CPUExecutionProvider"])
     files = image_files(calibration)
-    if len(files) < 10:
-        raise ExportError(f"{calibration} has {len(files)} images; calibration needs at least 10 real photos (ideally 100+)")
+    if len(files) < MIN_CALIBRATION:
+        raise PhotosError(f"{calibration} has {len(files)} photos; calibration needs at least {MIN_CALIBRATION} "
+                          "real photos (ideally 100+)")
     picks = np.linspace(0, len(files) - 1, min(n_calibration, len(files))).round().astype(int)
     chosen = set(picks.tolist())
     cal_files = [files[i] for i in sorted(chosen)]
@@ -272,6 +275,7 @@ def describe(report: QuantReport) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    out_file(args.out, suffixes=(".onnx",), example=f"{Path(args.model).stem}-int8.onnx")  # before quantizing
     report = quantize_int8(args.model, args.out, args.calibration, n_calibration=args.n_calibration,
                            settings=settings_from_args(args))
     print(describe(report))

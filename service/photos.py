@@ -10,7 +10,6 @@ so a 40-megapixel upload costs its decode once, not a 40-megapixel attack.
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from training.images import (
     ImageSource,
     check_size,
     load_image,
+    open_quietly,
     sniff_format,
 )
 from training.presets import RESIZE_SIZE
@@ -74,7 +74,7 @@ def _size_of(source: ImageSource) -> tuple[int, int]:
     if not isinstance(source, (bytes, bytearray, str, Path)):
         return (0, 0)  # a stream: reading its header here would consume it
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
+        with open_quietly(source) as img:
             return img.size
     except Exception:  # the decode below gives the real, readable error
         return (0, 0)

@@ -23,7 +23,7 @@ import torch
 
 from . import distributed
 from .checkpoint import save_checkpoint
-from .cli import USER_ERRORS, add_device, fraction, make_parser, positive, run
+from .cli import USER_ERRORS, UsageError, add_device, fraction, make_parser, out_folder, positive, run
 from .data import DatasetError, Sample, Splits, check_classes, check_images, find_dataset
 from .distributed import DistInfo
 from .engine import Precision
@@ -101,6 +101,12 @@ def _summary(splits: Splits) -> str:
 def main(args: argparse.Namespace) -> dict:
     """Train as described by ``args`` (see :func:`get_args_parser`); returns the metrics
     written to ``RUN/metrics.json``."""
+    # Mistakes that would otherwise show only after the photos are checked or the model trained.
+    out_folder(args.out, contents="model.pt, metrics.json, curves.png and confusion.png")
+    weights = None if args.weights in ("imagenet", "none") else Path(args.weights)
+    if weights is not None and not weights.is_file():
+        what = f"{weights} is a folder; give the weights file" if weights.is_dir() else f"{weights}: not found"
+        raise UsageError(f"--weights {what} (imagenet, none, or PATH to a state dict in torchvision layout)")
     info = distributed.setup(args.device)
     try:
         return _train(args, info)

@@ -33,7 +33,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .cli import UsageError, add_model, fraction, make_parser, positive, run
+from .cli import UsageError, add_model, fraction, make_parser, out_file, positive, run
 from .data import DatasetError, ImageDataset, Sample, find_dataset
 from .engine import extract_features
 from .model import build_model
@@ -105,6 +105,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.out is not None:  # before minutes of feature extraction, not after
+        out_file(args.out, suffixes=(".pt",), example=Path(args.model).name)
     ckpt = read_checkpoint(args.model)
     model, labels = load_checkpoint(args.model)
     splits = find_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed)

@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # torch is imported only when a device is resolved: `petlens-bot --help` stays fast
@@ -97,6 +98,35 @@ def fraction(text: str) -> float:
     return value
 
 
+def out_folder(path: str | Path, *, contents: str) -> Path:
+    """``--out`` for a tool that writes several files into a FOLDER (created when missing):
+    an existing file, or a name with an image suffix (``--out cat.png``, which would become a
+    folder called ``cat.png``), is a :class:`UsageError` saying what goes inside, e.g.
+    ``contents="<photo name>-cat.png"``."""
+    from .images import IMAGE_SUFFIXES  # lazily: numpy and Pillow are not needed for --help
+
+    path = Path(path)
+    if path.is_file():
+        why = f"{path} is an existing file"
+    elif not path.exists() and path.suffix.lower() in IMAGE_SUFFIXES:
+        why = f"{path} looks like a file name"
+    else:
+        return path
+    raise UsageError(f"--out is a folder: the files inside it are named {contents}; {why}. "
+                     f"Give a folder, e.g. --out {path.with_suffix('')}/")
+
+
+def out_file(path: str | Path, *, suffixes: Sequence[str], example: str) -> Path:
+    """``--out`` for a tool that writes ONE file: an existing folder or another suffix than
+    ``suffixes`` is a :class:`UsageError` with an example name (``example``, in the folder given)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out is the file to write, and {path} is a folder; give a file name, e.g. --out {path / example}")
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"--out must end in {' or '.join(suffixes)}, got {path}; e.g. --out {path.with_suffix(suffixes[0])}")
+    return path
+
+
 def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when there is one, else CPU; ``cuda`` without a GPU is a :class:`UsageError`."""
     import torch
@@ -115,14 +145,23 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> to
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def report_error(message: object, *, json_record: dict[str, Any] | None = None) -> str:
+    """Print ``error: message`` as one line on stderr, and ``json_record`` plus
+    ``{"error": message}`` as one JSON line on stdout when given (the tool was asked for
+    ``--json``). Does not exit: a tool that goes on with its other inputs (``petlens-fool
+    a.jpg b.jpg``) reports each failed one so and exits 2 at the end. Returns the line's text."""
+    text = " ".join(str(message).split())
+    if json_record is not None:
+        print(json.dumps({**json_record, "error": text}), flush=True)
+    print("error: " + text, file=sys.stderr, flush=True)
+    return text
+
+
 def fail(message: object, *, status: int = EXIT_USAGE, json_line: bool = False) -> NoReturn:
     """Report a user's mistake the one way: ``error: message`` as one line on stderr, exit 2.
     ``json_line`` (the tool was asked for ``--json``): also ``{"error": message}`` on stdout,
     so a script reading the JSON lines sees why nothing came."""
-    text = " ".join(str(message).split())
-    if json_line:
-        print(json.dumps({"error": text}), flush=True)
-    print("error: " + text, file=sys.stderr, flush=True)
+    report_error(message, json_record={} if json_line else None)
     sys.exit(status)
 
 
@@ -141,9 +180,9 @@ def run(p: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], a
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except failures as exc:
-        fail(_one_line(exc), status=EXIT_FAILED, json_line=as_json)
+        fail(describe_error(exc), status=EXIT_FAILED, json_line=as_json)
     except user_errors as exc:
-        fail(_one_line(exc), json_line=as_json)
+        fail(describe_error(exc), json_line=as_json)
     except Exception as exc:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -154,7 +193,8 @@ def run(p: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], a
     return 0
 
 
-def _one_line(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """The message of ``exc`` for a person: an OSError as ``file: reason`` (not ``[Errno 2] ...``)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror.lower()}"
     return str(exc).strip() or type(exc).__name__

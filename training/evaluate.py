@@ -42,6 +42,8 @@ Predict = Callable[[torch.Tensor], np.ndarray]  # [N,3,H,W] in [0,1] -> probabil
 def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predict, list[str]]:
     """A batch -> probabilities function and the labels, for a ``.pt`` or ``.onnx`` model."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--model {path} is a folder; give the model file (.pt or .onnx)")
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path}")
     if path.suffix == ".onnx":
@@ -108,9 +110,7 @@ def evaluate_ood(model: str | Path, data: str | Path, ood: str | Path, labels: l
                  batch_size: int = 64, workers: int = 0) -> dict:
     """AUROC and accept rates of the model's OOD verdict: ``data``'s labelled photos (should be
     accepted) against every image under ``ood`` (should be refused)."""
-    ood = Path(ood)
-    if not ood.is_dir():
-        raise DatasetError(f"--ood folder not found: {ood}")
+    ood = _folder(ood, "--ood")
     out_paths = image_files(ood)
     if not out_paths:
         raise DatasetError(f"no images under {ood}")
@@ -127,10 +127,17 @@ def evaluate_ood(model: str | Path, data: str | Path, ood: str | Path, labels: l
 
 def class_folder(data: str | Path) -> Path:
     """``DIR`` itself, or ``DIR/val`` when ``DIR`` is a train/val dataset root."""
-    data = Path(data)
-    if not data.is_dir():
-        raise DatasetError(f"data folder not found: {data}")
+    data = _folder(data, "--data")
     return data / "val" if (data / "val").is_dir() else data
+
+
+def _folder(path: str | Path, flag: str) -> Path:
+    path = Path(path)
+    if path.is_file():
+        raise DatasetError(f"{flag} must be a folder of photos, got a file: {path}")
+    if not path.is_dir():
+        raise DatasetError(f"{flag} folder not found: {path}")
+    return path
 
 
 def evaluate_model(
@@ -210,6 +217,8 @@ def _print_ood(ood: dict) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.ood is not None:  # before the whole evaluation, not after it
+        _folder(args.ood, "--ood")
     predict, labels = load_predictor(args.model, args.device)
     results = evaluate_model(predict, labels, args.data, batch_size=args.batch_size,
                              workers=args.workers, progress=not args.json)

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .cli import add_device, add_json, add_model, make_parser, resolve_device, run
+from .cli import add_device, add_json, add_model, make_parser, out_folder, resolve_device, run
 from .images import load_image
 from .presets import CROP_SIZE, RESIZE_SIZE, crop_box, preprocess, resize_size_for
 
@@ -259,12 +259,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     """Run the CLI; returns the JSON record. Unusable input raises ``ValueError``."""
+    out = out_folder(args.out, contents="<photo name>-gradcam.png and <photo name>-features-<layer>.png")
     model, labels = load_checkpoint(args.model, device=resolve_device(args.device))
     resolve_label(labels, args.label)  # fail before decoding the photo
     image = load_image(args.image)
     layers = STAGES if args.layer is None else (args.layer,)
     result = explain(model, labels, image, label=args.label, layers=layers)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
     outputs = {"gradcam": out / f"{stem}-gradcam.png"}

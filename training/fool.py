@@ -15,9 +15,10 @@ change away (``--robust`` makes photos that survive that, at a visible price: us
 (plus ``resized_from`` and, in robust mode, ``reshared``). ``success`` is the deployed model's
 whole verdict on the saved PNG, as ``/classify`` gives it: the target label AND accepted as a
 pet, not merely "probably a pet" (``is_pet``; it and ``ood_score`` are null for a model without
-"is it a pet?" statistics; see :mod:`training.verdict`). An image that
-cannot be used gets ``{"image", "error"}`` and the others still run; the exit status is 1
-if any failed.
+"is it a pet?" statistics; see :mod:`training.verdict`). A photo that cannot be used
+(missing, not an image, damaged, too large) is the user's to fix: one ``error: <image>: why``
+line on stderr (and ``{"image", "error"}`` with ``--json``), the others still run, and the exit
+status is 2 at the end, as for every other mistake on the command line.
 """
 
 from __future__ import annotations
@@ -30,7 +31,20 @@ from pathlib import Path
 
 from .adversarial import MAX_SIDE, check_eps, fool
 from .checkpoint import load_checkpoint
-from .cli import UsageError, add_device, add_json, add_model, make_parser, positive, resolve_device, run
+from .cli import (
+    EXIT_USAGE,
+    UsageError,
+    add_device,
+    add_json,
+    add_model,
+    describe_error,
+    make_parser,
+    out_folder,
+    positive,
+    report_error,
+    resolve_device,
+    run,
+)
 from .images import load_image
 
 
@@ -73,10 +87,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else (8 / 255 if args.robust else 2 / 255)
+    out_dir = out_folder(args.out, contents=f"<photo name>-{args.target}.png")
     model, labels = load_checkpoint(args.model, device=resolve_device(args.device))
     if args.target not in labels:
         raise UsageError(f"unknown --target {args.target!r}; this model knows: {', '.join(labels)}")
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     written: set[Path] = set()
@@ -86,10 +100,7 @@ def main(args: argparse.Namespace) -> int:
                      max_side=args.max_side)
         except (ValueError, OSError) as exc:  # ImageError is a ValueError; unreadable paths are OSErrors
             failures += 1
-            if args.json:
-                print(json.dumps({"image": src, "error": str(exc)}), flush=True)
-            else:
-                print(f"{src}: error: {exc}", file=sys.stderr, flush=True)
+            report_error(_naming(src, describe_error(exc)), json_record={"image": src} if args.json else None)
             continue
         output = out_dir / f"{Path(src).stem}-{args.target}.png"
         n = 1
@@ -123,12 +134,20 @@ def main(args: argparse.Namespace) -> int:
                 f"L∞ {r.linf * 255:.0f}/255, {r.steps} steps, {r.seconds:.1f} s -> {output}{note}",
                 flush=True,
             )
-    return 1 if failures else 0
+    return EXIT_USAGE if failures else 0
+
+
+def _naming(src: str, message: str) -> str:
+    """``message`` about photo ``src``, naming it as the user typed it: load_image's messages
+    start with the file's base name ("dog.jpg is empty ..."), which becomes the path given."""
+    name = Path(src).name
+    return src + message[len(name):] if message.startswith(name) else f"{src}: {message}"
 
 
 def cli(argv: list[str] | None = None) -> int:
     """Console-script entry (``petlens-fool``): a bad flag or model is one line on stderr and
-    exit 2; photos that cannot be used are reported one by one and make the exit status 1."""
+    exit 2; photos that cannot be used are reported one line each, the others still run, and
+    the exit status is 2."""
     return run(get_args_parser(), main, argv)
 
 

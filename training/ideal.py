@@ -18,13 +18,12 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint
-from .cli import UsageError, add_device, add_json, add_model, make_parser, positive, resolve_device, run
+from .cli import UsageError, add_device, add_json, add_model, make_parser, out_file, positive, resolve_device, run
 from .optvis import (
     DEFAULT_STEPS,
     Objective,
@@ -156,6 +155,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if (args.model is None) == (args.imagenet_arch is None):
         raise UsageError("give exactly one of --model or --imagenet-arch")
+    out = out_file(args.out, suffixes=(".png",), example=f"ideal_{args.label}.png")
     device = resolve_device(args.device)
     if args.model is not None:
         model, labels = load_checkpoint(args.model, device=device)
@@ -166,7 +166,6 @@ def main(args: argparse.Namespace) -> int:
         model, labels = load_imagenet_classifier(args.imagenet_arch, args.imagenet_weights, device=device)
         label = labels[find_category(labels, args.label)]
     image = ideal_image(model, labels, label, steps=args.steps, size=args.size, tv_weight=args.tv_weight, seed=args.seed)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
     prob = label_probability(model, labels, Image.open(out).convert("RGB"), label)

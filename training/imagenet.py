@@ -63,10 +63,12 @@ def load_imagenet_classifier(arch: str, weights: str | Path | None = None, devic
             net.load_state_dict(state)
         except FileNotFoundError as exc:
             raise ImageNetError(f"ImageNet weights file not found: {weights}") from exc
-        except Exception as exc:
+        except IsADirectoryError as exc:
+            raise ImageNetError(f"--imagenet-weights {weights} is a folder; give the state dict file") from exc
+        except Exception as exc:  # torch's detail (unpickling, missing keys) stays in the chain
             raise ImageNetError(
-                f"{weights} is not a full {arch} ImageNet state dict ({exc.__class__.__name__}); "
-                "feature-only weights (no classifier) cannot name ImageNet classes."
+                f"{weights} is not a full {arch} ImageNet state dict (torch cannot read it, or its keys do not fit "
+                f"{arch}); feature-only weights (no classifier) cannot name ImageNet classes."
             ) from exc
     return nn.Sequential(Normalize(), net).to(device).eval(), categories
 

@@ -14,6 +14,8 @@ import io
 import os
 import re
 import struct
+import threading
+import warnings
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -103,6 +105,8 @@ def _read_source(src: ImageSource, max_bytes: int) -> tuple[bytes, str]:
     elif isinstance(src, (str, os.PathLike)):
         path = Path(src)
         name = path.name
+        if path.is_dir():
+            raise ImageError(f"{name} is a folder, not a photo; give a photo file (JPEG, PNG, ...).")
         if not path.is_file():
             raise ImageError(f"{name}: no such file")
         size = path.stat().st_size
@@ -198,6 +202,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+# Pillow checks every opened image against its own process-wide limit (Image.MAX_IMAGE_PIXELS,
+# ~89 megapixels) and *prints* a DecompressionBombWarning above it, before we see the size.
+# Ours is lower and runs right after opening (check_size), so that warning only ever precedes
+# our own refusal: it is silenced while we open. catch_warnings swaps process-wide state, so
+# our threads (the bot's and the demo's workers) take turns; opening reads only the header.
+_OPEN_LOCK = threading.Lock()
+
+
+def open_quietly(data: bytes | str | os.PathLike) -> Image.Image:
+    """``Image.open`` (header only) on our formats, without Pillow's bomb warning: the caller's
+    own limit applies next (see :func:`check_size`)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data, formats=FORMATS)
+
+
 def _bomb_error(name: str, exc: Exception, max_pixels: int) -> ImageTooLargeError:
     # Pillow refuses far beyond our limit before we can see the size; its message has it.
     m = re.search(r"\((\d+) pixels\)", str(exc))
@@ -270,7 +290,7 @@ def load_image(
     if reason:
         raise UnsupportedImageError(f"{name}: {reason}")
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        img = open_quietly(data)
     except Image.DecompressionBombError as exc:
         raise _bomb_error(name, exc, max_pixels) from exc
     except UnidentifiedImageError as exc:
@@ -279,7 +299,7 @@ def load_image(
             raise CorruptImageError(f"{name} starts like a {fmt} file but is damaged or cut short; re-save or re-send the photo.") from exc
         raise NotAnImageError(f"{name} is not an image this service can read. Send a {SUPPORTED} file.") from exc
     except Exception as exc:  # malformed headers raise all sorts of things
-        raise CorruptImageError(f"{name} looks damaged and cannot be read ({exc.__class__.__name__}); re-save or re-send the photo.") from exc
+        raise CorruptImageError(f"{name} looks damaged and cannot be read; re-save or re-send the photo.") from exc
     check_size(img.width, img.height, name, max_pixels)
     draftable = img.format in ("JPEG", "MPO")  # MPO: multi-picture JPEG from many phone cameras
     pixels = img.width * img.height
@@ -313,10 +333,12 @@ def _decode(img: Image.Image, name: str, min_side: int | None, max_pixels: int,
     except Image.DecompressionBombError as exc:
         raise _bomb_error(name, exc, max_pixels) from exc
     except (OSError, SyntaxError, EOFError, IndexError, struct.error, zlib.error) as exc:
-        raise CorruptImageError(f"{name} is truncated or corrupt ({exc}); re-save or re-send the photo.") from exc
+        # Our words only: Pillow's ("image file is truncated (98 bytes not processed)") stay
+        # in the exception chain for logs.
+        raise CorruptImageError(f"{name} is cut short (truncated) or damaged; re-save or re-send the photo.") from exc
     except ValueError as exc:  # e.g. a colour mode Pillow cannot convert to RGB
         raise UnsupportedImageError(
-            f"{name} uses an image format variant that cannot be read ({exc}); re-save it as JPEG or PNG."
+            f"{name} uses an image format variant that cannot be read; re-save it as JPEG or PNG."
         ) from exc
 
 

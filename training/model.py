@@ -101,12 +101,15 @@ def _torchvision_model(arch: str, weights: str | Path | None):
 
 def _load_backbone_state(model: nn.Module, arch: str, path: Path) -> None:
     """Load a torchvision-layout state dict into ``model``, ignoring classifier keys."""
+    if path.is_dir():
+        raise WeightsError(f"--weights {path} is a folder; give the weights file (a state dict in torchvision layout)")
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path} is not a PyTorch state dict ({exc.__class__.__name__}).") from exc
+    except Exception as exc:  # the unpickling detail stays in the chain
+        raise WeightsError(f"{path} is not a PyTorch state dict: torch cannot read it as one (not a file torch.save "
+                           "wrote, damaged, or holding more than tensors).") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -73,6 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import CheckpointError
+
 FORMAT = "petlens-ood/2"  # /2 added the optional reference blocks
 READABLE_FORMATS = ("petlens-ood/1", FORMAT)
 METHODS = ("knn", "mahalanobis", "energy", "msp")
@@ -260,7 +262,13 @@ def ood_scorer_from_checkpoint(ckpt: dict[str, Any]) -> OODScorer | None:
     """The scorer stored in a checkpoint dict (:func:`training.read_checkpoint`), or ``None``
     for checkpoints trained before OOD statistics existed."""
     state = (ckpt.get("extra") or {}).get("ood")
-    return None if state is None else OODScorer(state)
+    if state is None:
+        return None
+    try:
+        return OODScorer(state)
+    except KeyError as exc:
+        raise CheckpointError(f"the checkpoint's 'is it a pet?' statistics lack {exc.args[0]!r}; refit them with "
+                              "`python -m training.calibrate --model C --data DIR`") from exc
 
 
 REFERENCE_KEYS = ("reference_from", "reference_weights")

@@ -233,3 +233,67 @@ def test_ood_scorer_rides_along_and_stays_float_in_int8(tiny_checkpoint, synthet
     for op in ("MatMul", "Gemm"):
         node = next(n for n in graph.node if n.op_type == op)
         assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+def test_cli_names_what_a_non_checkpoint_is_and_what_a_checkpoint_lacks(tmp_path, capsys):
+    """`python -m export` on a text file said '... (KeyError)'; a dict missing keys was a traceback."""
+    import torch
+
+    from export.__main__ import cli
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n")
+    code, _, err = run_tool(cli, ["--model", notes, "--out", tmp_path / "m.onnx"], capsys)
+    assert code == 2 and err == (f"error: {notes} is not a checkpoint (not a file torch wrote); give the model (.pt) "
+                                 "written by `python -m training`, e.g. models/catsdogs.pt\n")
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": "petlens-checkpoint/1", "config": {"arch": "mobilenet_v3_small"}}, partial)
+    code, _, err = run_tool(cli, ["--model", partial, "--out", tmp_path / "m.onnx"], capsys)
+    assert code == 2 and err.startswith(f"error: {partial} is an incomplete petlens checkpoint: it lacks "
+                                        "state_dict, config.num_classes, config.labels.")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_photo_folders_that_cannot_serve_are_user_errors(tiny_checkpoint, tiny_onnx, tmp_path, capsys):
+    """Empty or unusable --verify / --calibration folders and a --triton-repo that is a file
+    were exit 1, some only after the export had run; now exit 2 before any work."""
+    from export.__main__ import cli
+    from export.quantize import cli as quantize_cli
+
+    empty, few, notes = tmp_path / "empty", tmp_path / "few", tmp_path / "notes.txt"
+    empty.mkdir()
+    few.mkdir()
+    for i in range(3):
+        synthetic_photo("cat", i).save(few / f"{i}.png")
+    notes.write_text("not a folder")
+    base = ["--model", tiny_checkpoint, "--out", tmp_path / "m.onnx"]
+    cases = [
+        (cli, [*base, "--verify", empty], f"no photos in {empty} to verify the export on; give a folder of real photos"),
+        (cli, [*base, "--triton-repo", notes], f"--triton-repo is a folder (its models go in <name>/config.pbtxt and "
+                                               f"<name>/1/model.onnx), and {notes} is a file"),
+        (cli, [*base, "--int8", "--calibration", few], f"--calibration {few} has 3 photos; int8 calibration needs at "
+                                                       "least 10 real photos"),
+        (quantize_cli, ["--model", tiny_onnx, "--calibration", few, "--out", tmp_path / "q.onnx"],
+         f"{few} has 3 photos; calibration needs at least 10 real photos"),
+    ]
+    for entry, argv, message in cases:
+        code, _, err = run_tool(entry, argv, capsys)
+        assert code == 2 and err.startswith("error: " + message), err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "q.onnx").exists()
+
+
+def test_verification_photos_none_of_which_can_be_read_are_a_photos_error(tiny_checkpoint, tiny_onnx, tmp_path):
+    from export.convert import PhotosError
+
+    bad = tmp_path / "cat.jpg"
+    bad.write_text("not a photo")
+    with pytest.raises(PhotosError, match="none of the 1 verification photos could be read as images"):
+        verify(tiny_checkpoint, tiny_onnx, [bad])
+
+
+def test_quantize_cli_refuses_an_out_folder_before_quantizing(tiny_onnx, tmp_path, capsys):
+    from export.quantize import cli as quantize_cli
+
+    code, _, err = run_tool(quantize_cli, ["--model", tiny_onnx, "--calibration", tmp_path, "--out", tmp_path], capsys)
+    assert code == 2 and err == (f"error: --out is the file to write, and {tmp_path} is a folder; give a file name, "
+                                 f"e.g. --out {tmp_path / 'tiny-int8.onnx'}\n")

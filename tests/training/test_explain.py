@@ -212,3 +212,28 @@ def test_module_entry_point(tiny_checkpoint, tmp_path):
                            "--image", str(bad), "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "bad.jpg" in proc.stderr
     assert "--layer" in get_args_parser().format_help()
+
+
+def test_cli_bomb_header_is_our_message_and_no_warning(tiny_checkpoint, tmp_path, monkeypatch, capsys, recwarn):
+    """A PNG header declaring ~134 megapixels: one `error:` line, no Pillow warning text."""
+    from tests.training.test_images import png_by_hand
+
+    side = int((1.5 * Image.MAX_IMAGE_PIXELS) ** 0.5)
+    bomb = tmp_path / "huge.png"
+    bomb.write_bytes(png_by_hand(side, side, idat=b""))
+    code, out, err = run_cli(monkeypatch, capsys, ["--checkpoint", str(tiny_checkpoint), "--image", str(bomb),
+                                                   "--out", str(tmp_path / "out")])
+    assert code == 2 and out == ""
+    assert err == f"error: image too large: {side}×{side} pixels, limit 60 megapixels. Resize it and send it again.\n"
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_cli_damaged_photo_is_one_line_in_our_words(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    good = tmp_path / "good.jpg"
+    disc_photo((400, 300), (200, 150), 40).save(good, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    code, out, err = run_cli(monkeypatch, capsys, ["--checkpoint", str(tiny_checkpoint), "--image", str(cut),
+                                                   "--out", str(tmp_path / "out")])
+    assert code == 2 and out == ""
+    assert err == "error: cut.jpg is cut short (truncated) or damaged; re-save or re-send the photo.\n"

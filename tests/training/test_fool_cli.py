@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.conftest import run_tool, synthetic_photo
 from training.fool import cli, get_args_parser, main, parse_eps
+from training.images import SUPPORTED
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +48,10 @@ def test_json_lines_and_outputs(tiny_checkpoint, photos, tmp_path, capsys):
          str(photos[0]), str(bad), str(photos[1])]
     )
     code = main(args)
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert code == 1  # one image failed
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert code == 2  # one image was not a photo: the user's to fix
+    assert captured.err == f"error: {bad} is not an image this service can read. Send a {SUPPORTED} file.\n"
     assert [rec["image"] for rec in lines] == [str(photos[0]), str(bad), str(photos[1])]
     assert set(lines[1]) == {"image", "error"} and "not an image" in lines[1]["error"]
     for rec, src in ((lines[0], photos[0]), (lines[2], photos[1])):
@@ -85,3 +88,30 @@ def test_command_line_in_a_fresh_process(tiny_checkpoint, photos, tmp_path):
     assert "dog" in proc.stdout and "-> cat" in proc.stdout and "fooled" in proc.stdout
     assert (tmp_path / "o" / "dog0-cat.png").is_file()
     assert "Traceback" not in proc.stderr
+
+
+def test_unusable_photos_are_user_errors_and_the_others_still_run(tiny_checkpoint, photos, tmp_path, capsys):
+    """A missing, empty or damaged photo: one `error:` line each naming the file and why, the
+    good photo is still changed, and the exit status is 2 (README: a user's mistake)."""
+    missing, empty, cut = tmp_path / "nope.jpg", tmp_path / "empty.png", tmp_path / "cut.jpg"
+    empty.touch()
+    whole = photos[1].read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    argv = ["--model", tiny_checkpoint, "--target", "cat", "--out", out, "--eps", "8/255",
+            missing, photos[0], empty, cut]
+    code, stdout, err = run_tool(cli, argv, capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"error: {missing}: no such file",
+        f"error: {empty} is empty (0 bytes). Send a photo file (JPEG, PNG, ...).",
+        f"error: {cut} is cut short (truncated) or damaged; re-save or re-send the photo.",
+    ]
+    assert stdout.startswith(f"{photos[0]}: dog") and len(stdout.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["dog0-cat.png"]
+
+    code, stdout, err = run_tool(cli, [*argv[:-4], "--json", missing, photos[0]], capsys)
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 2 and err == f"error: {missing}: no such file\n"
+    assert records[0] == {"image": str(missing), "error": f"{missing}: no such file"}
+    assert records[1]["image"] == str(photos[0]) and records[1]["result"]["label"] == "cat"

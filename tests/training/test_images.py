@@ -86,8 +86,8 @@ HOSTILE = {
     "heic": (lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, UnsupportedImageError, "HEIC"),
     "mp4 video": (lambda: b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64, UnsupportedImageError, "video"),
     "eps (ghostscript) is not decoded": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", NotAnImageError, "not an image"),
-    "truncated jpeg": (_truncated_jpeg, CorruptImageError, "truncated or corrupt"),
-    "truncated png": (_truncated_png, CorruptImageError, "corrupt"),
+    "truncated jpeg": (_truncated_jpeg, CorruptImageError, "cut short (truncated) or damaged"),
+    "truncated png": (_truncated_png, CorruptImageError, "damaged"),
     "png header only": (lambda: encode(photo(), "PNG")[:40], CorruptImageError, "damaged"),
     "declared 40000x40000": (lambda: png_by_hand(40000, 40000, idat=b""), ImageTooLargeError, "1,600 megapixels"),
     "declared 9000x9000": (lambda: png_by_hand(9000, 9000, idat=b""), ImageTooLargeError, "9000×9000"),
@@ -122,8 +122,8 @@ def test_refusals_name_the_file_and_read_paths_and_file_objects(tmp_path):
         load_image(str(empty))
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.jpg")
-    with pytest.raises(ImageError, match="no such file"):
-        load_image(tmp_path)  # a folder is not an image
+    with pytest.raises(ImageError, match=f"{tmp_path.name} is a folder, not a photo"):
+        load_image(tmp_path)
 
 
 def test_byte_limit_is_checked_before_reading(tmp_path):
@@ -261,3 +261,28 @@ def test_reduced_decode_matches_full_decode_after_preprocessing(jpeg_35mp):
     slow = preprocess(load_image(jpeg_35mp))
     assert fast.shape == slow.shape == (3, 224, 224)
     assert np.abs(fast - slow).mean() < 0.01
+
+
+def test_pillows_bomb_warning_never_escapes(recwarn):
+    """A header declaring more pixels than Pillow's own warning threshold (but less than its
+    error): Pillow would print a raw DecompressionBombWarning; we refuse with our message."""
+    side = int((1.5 * Image.MAX_IMAGE_PIXELS) ** 0.5)  # between Pillow's warning and its error
+    data = png_by_hand(side, side, idat=b"")
+    with pytest.warns(Image.DecompressionBombWarning):  # what a bare Image.open does
+        Image.open(io.BytesIO(data))
+    recwarn.clear()
+    with pytest.raises(ImageTooLargeError, match=f"image too large: {side}×{side} pixels, limit 60 megapixels"):
+        load_image(data)
+    assert [str(w.message) for w in recwarn] == []
+
+
+@pytest.mark.parametrize("make", [_truncated_jpeg, _truncated_png], ids=["jpeg", "png"])
+def test_damaged_files_are_described_in_our_words(tmp_path, make):
+    """Pillow's text ("image file is truncated (98 bytes not processed)") is not for users;
+    it stays in the exception chain for logs."""
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(make())
+    with pytest.raises(CorruptImageError) as info:
+        load_image(path)
+    assert str(info.value) == "photo.jpg is cut short (truncated) or damaged; re-save or re-send the photo."
+    assert "image file is truncated" in str(info.value.__cause__)

@@ -86,3 +86,39 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(1)}, bad)
     with pytest.raises(CheckpointError, match="not a petlens checkpoint"):
         read_checkpoint(bad)
+
+
+def _edited_checkpoint(tmp_path, edit) -> str:
+    """A real checkpoint of a tiny model, loaded, changed by ``edit`` and saved again."""
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "m.pt", build_model("mobilenet_v3_small", 2, weights="none"), ["cat", "dog"])
+    raw = torch.load(path, weights_only=True)
+    edit(raw)
+    torch.save(raw, path)
+    return path
+
+
+def test_a_checkpoint_missing_keys_names_them(tmp_path):
+    def drop(raw):
+        del raw["state_dict"], raw["config"]["labels"], raw["config"]["arch"]
+
+    with pytest.raises(CheckpointError, match=r"lacks state_dict, config\.arch, config\.labels\. Save it again"):
+        read_checkpoint(_edited_checkpoint(tmp_path, drop))
+
+
+def test_a_checkpoint_whose_weights_or_arch_do_not_fit_is_a_checkpoint_error(tmp_path):
+    path = _edited_checkpoint(tmp_path, lambda raw: raw["config"].update(num_classes=3))
+    with pytest.raises(CheckpointError, match=r"its weights do not fit its config \(mobilenet_v3_small, 3 classes\)") as info:
+        load_checkpoint(path)
+    assert isinstance(info.value.__cause__, RuntimeError)  # torch's key-by-key detail, for logs
+    path = _edited_checkpoint(tmp_path, lambda raw: raw["config"].update(arch="vgg11"))
+    with pytest.raises(CheckpointError, match="made for architecture 'vgg11', which this version does not know"):
+        load_checkpoint(path)
+
+
+def test_incomplete_ood_statistics_are_a_checkpoint_error(tmp_path):
+    from training.ood import ood_scorer_from_checkpoint
+
+    path = _edited_checkpoint(tmp_path, lambda raw: raw["extra"].update(ood={"format": "petlens-ood/2", "method": "knn"}))
+    with pytest.raises(CheckpointError, match="'is it a pet\\?' statistics lack 'feature_dim'; refit them"):
+        ood_scorer_from_checkpoint(read_checkpoint(path))
