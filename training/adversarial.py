@@ -152,6 +152,7 @@ def pgd_each(
     accept: Callable[[torch.Tensor, int], bool] | None = None,
     progress: Progress = None,
     targets_to_model: bool = False,
+    keep: Callable[[int], bool] | None = None,
 ) -> tuple[list[torch.Tensor], list[int]]:
     """:func:`pgd` for photos of different sizes, in one loop: ``images[i]`` is
     ``[1, 3, H_i, W_i]`` and ``views[i]`` maps it to ``[K, 3, h, w]`` (the same ``K, h, w`` for
@@ -159,7 +160,8 @@ def pgd_each(
     The loss is a sum over photos, so each photo's gradient is its own; each keeps its own
     eps-ball and stops on its own (``margin``, ``accept(adv_i, i)``, as in :func:`pgd`).
     ``targets_to_model``: call ``model(x, row_targets)`` (a model whose output depends on the
-    target, such as :class:`_WholeVerdict`). Returns ``(advs, steps_taken)``: per photo, the
+    target, such as :class:`_WholeVerdict`). ``keep(i)``, asked before each step: is photo ``i``
+    still wanted? One whose caller gave up stops where it is and leaves the batch. Returns ``(advs, steps_taken)``: per photo, the
     adversarial image (``|adv - image|∞ <= eps``) and how many steps changed it."""
     if eps < 0 or steps < 1:
         raise ValueError(f"need eps >= 0 and steps >= 1, got eps={eps}, steps={steps}")
@@ -174,7 +176,11 @@ def pgd_each(
     model.eval()  # batch-norm statistics and dropout must not move while we attack
     try:
         for step in range(1, steps + 1):
+            if keep is not None:
+                active = [a and bool(keep(i)) for i, a in enumerate(active)]
             live = [i for i, a in enumerate(active) if a]
+            if not live:
+                break
             leaves = [adv[i].requires_grad_(True) for i in live]
             x = [views[i](leaf) for i, leaf in zip(live, leaves)]
             k = x[0].shape[0]
@@ -410,13 +416,15 @@ def fool_batch(
     ood: OODScorer | str | None = "auto",
     seed: int = 0,
     progress: Progress = None,
+    keep: Callable[[int], bool] | None = None,
 ) -> list[FoolResult]:
     """:func:`fool` for several photos at once, in ONE attack loop: each step runs the model's
     forward and backward on the stacked classifier views of the photos still being attacked
     (photos differ in size; each photo's view maps it to ``[3, crop, crop]``), while each keeps
     its own perturbation, eps-ball, early stop and 8-bit checks. Same arguments as
     :func:`fool` (``targets``: one label per photo, or one for all); one result per photo, in
-    order; every ``seconds`` is the whole batch's time.
+    order; every ``seconds`` is the whole batch's time. ``keep(i)``, asked before each step:
+    is photo ``i`` still wanted (a server's caller may give up)? If not, it stops where it is.
 
     Photo by photo the results are those of :func:`fool` run alone -- same objective, same
     steps, same checks -- up to floating point: a batched convolution sums in another order
@@ -448,7 +456,7 @@ def fool_batch(
             judge.attacked, [p.x for p in photos], [p.target for p in photos],
             eps=eps, alpha=eps / 10 if robust else max(eps / 8, 0.25 / 255), steps=steps, margin=margin,
             views=[_view(p.image, judge.size, robust, seed) for p in photos],
-            accept=lambda adv, i: photos[i].accept(adv, judge), progress=progress, targets_to_model=judge.net is not None,
+            accept=lambda adv, i: photos[i].accept(adv, judge), progress=progress, targets_to_model=judge.net is not None, keep=keep,
         )
         finals = [p.finish(adv, judge) for p, adv in zip(photos, advs)]
     finally:
