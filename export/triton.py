@@ -174,6 +174,7 @@ class TritonPythonModel:
         device = torch.device("cuda", int(args.get("model_instance_device_id") or 0)) if gpu else torch.device("cpu")
         checkpoint = _os.path.join(args["model_repository"], args["model_version"], params.get("checkpoint", "model.pt"))
         self.model, self.labels = load_checkpoint(checkpoint, device=device)
+        self.model.requires_grad_(False)  # the jobs differentiate w.r.t. the input only
         self.job, self.limits = params["job"], JobLimits.from_params(params)
         self.input, self.outputs = INPUTS[self.job], OUTPUTS[self.job]
 
