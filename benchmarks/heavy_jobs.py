@@ -7,7 +7,9 @@ The same N photos, the same attack settings, on one machine in one run:
   ``cpu_count // workers`` torch threads each, the model loaded once, no parameter grads);
 - **Triton**: N clients at once against the ``petlens_fool`` model (python backend, dynamic
   batching: requests that arrive together share one ``execute()`` and one attack loop,
-  :func:`training.adversarial.fool_batch`), one instance with ``cpu_count`` torch threads.
+  :func:`training.adversarial.fool_batch`), as many instances as the pool has workers, the
+  same torch threads each (on a busy CPU, more threads per process than cores free make
+  OpenMP spin: 1 thread per job runner measured fastest here).
 
 Every job is submitted at t=0; latency is submission to result, throughput N / wall time.
 Photos: ``--photos DIR`` or generated (``--size``, default 1024x768, a downscaled phone
@@ -51,7 +53,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--eps", type=float, default=2 / 255, help="L-inf budget (default: 2/255)")
     parser.add_argument("--workers", type=positive(int), default=2, help="in-process pool threads, as the bot's --max-heavy (default: %(default)s)")
     parser.add_argument("--threads", type=positive(int), default=os.cpu_count() or 1,
-                        help="torch threads in all: split among the pool's workers; the Triton instance gets them all (default: %(default)s)")
+                        help="torch threads in all, split among the pool's workers and among the Triton instances alike (default: %(default)s)")
+    parser.add_argument("--instances", type=positive(int), default=None,
+                        help="Triton instances of petlens_fool (default: --workers, so both sides run as many jobs side by side)")
     parser.add_argument("--max-batch-size", type=positive(int), default=8, help="the Triton model's max_batch_size (default: %(default)s)")
     parser.add_argument("--url", help="a Triton server already serving petlens_fool for this checkpoint (default: start one)")
     add_json(parser, help="also print the figures as one JSON line")
@@ -112,7 +116,7 @@ def measure(args: argparse.Namespace, url: str, model, labels, photos: list[Imag
     from export.triton_jobs import TritonJobs
     from training.adversarial import fool
 
-    remote = TritonJobs(url, timeout=3600).check()
+    remote = TritonJobs(url, timeout=3600).check(jobs=("fool",))
     local = lambda photo, target: fool(model, labels, photo, target, eps=args.eps, steps=args.steps)
     served = lambda photo, target: remote.fool(photo, target, eps=args.eps, steps=args.steps)
     local(photos[0], targets[0])  # warm both (first-call allocations, the stub's imports)
@@ -140,6 +144,7 @@ def main(args: argparse.Namespace) -> int:
     if not checkpoint.is_file():
         raise UsageError(f"{checkpoint} not found (train one with python -m training, or use models/catsdogs.pt)")
     check_eps(args.eps)
+    instances = args.instances or args.workers
     torch.set_num_threads(max(1, args.threads // args.workers))  # as the bot's pool: cores split among workers
     model, labels = load_checkpoint(checkpoint)
     model.requires_grad_(False)  # as the bot: attacks differentiate w.r.t. the input only
@@ -157,13 +162,14 @@ def main(args: argparse.Namespace) -> int:
         if files is None:
             raise UsageError(why)
         with tempfile.TemporaryDirectory() as tmp:
-            write_job_models(checkpoint, Path(tmp) / "repo", jobs=("fool",), kind="cpu", threads=args.threads,
-                             max_batch_size=args.max_batch_size)
+            write_job_models(checkpoint, Path(tmp) / "repo", jobs=("fool",), kind="cpu", count=instances,
+                             threads=max(1, args.threads // instances), max_batch_size=args.max_batch_size)
             with TritonServer(Path(tmp) / "repo", files, tmp).start(timeout=600) as server:
                 runs = measure(args, server.url, model, labels, photos, targets)
-        where = f"local tritonserver (python backend, 1 instance, {args.threads} torch threads, max_batch_size {args.max_batch_size})"
+        where = (f"local tritonserver (python backend, {instances} instance(s) x {max(1, args.threads // instances)} torch "
+                 f"threads, max_batch_size {args.max_batch_size})")
     report = {"cpu": cpu_summary(), "checkpoint": str(checkpoint), "photo_size": list(photos[0].size), "steps": args.steps,
-              "eps": round(args.eps, 6), "workers": args.workers, "threads": args.threads, "server": where, "runs": runs}
+              "eps": round(args.eps, 6), "workers": args.workers, "threads": args.threads, "instances": instances, "server": where, "runs": runs}
     print(f"# {report['cpu']}; {checkpoint}; photos {photos[0].width}x{photos[0].height}; steps <= {args.steps}; "
           f"in-process: {args.workers} workers x {max(1, args.threads // args.workers)} torch threads; Triton: {where}")
     if args.json:

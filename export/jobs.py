@@ -39,6 +39,7 @@ OPTIONS = {  # request parameters each job takes (besides timeout_s)
     "explain": ("label",),
 }
 ERROR_PREFIX = "petlens "
+CANCEL_CHECK_S = 0.5  # Triton's is_cancelled() is a round trip to the server process (~10 ms): not every step
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,15 @@ class JobRequest:
     options: dict = field(default_factory=dict)
     deadline: float = float("inf")  # time.monotonic()
     cancelled: Callable[[], bool] = lambda: False
+    _asked: float = field(default=-float("inf"), init=False, repr=False)
+    _gone: bool = field(default=False, init=False, repr=False)
 
     def wanted(self) -> bool:
-        return time.monotonic() < self.deadline and not self.cancelled()
+        """Is the caller still waiting? (asked before every attack / rendering step)"""
+        now = time.monotonic()
+        if now - self._asked >= CANCEL_CHECK_S:
+            self._asked, self._gone = now, self._gone or bool(self.cancelled())
+        return now < self.deadline and not self._gone
 
 
 Outcome = dict[str, bytes] | JobFailed

@@ -101,12 +101,12 @@ class TritonJobs:
         """:func:`training.explain.explain` on the server -> an ``Explanation``."""
         return explanation(self._infer("explain", _photo_bytes(image), {"label": label}, timeout))
 
-    def check(self) -> TritonJobs:
-        """Raise :class:`ModelError` unless the server is up and serves all three job models."""
+    def check(self, jobs: tuple[str, ...] = ("fool", "ideal", "explain")) -> TritonJobs:
+        """Raise :class:`ModelError` unless the server is up and serves these jobs' models."""
         client = self._client(self.connect_timeout)
         try:
-            missing = [name for name in MODEL_NAMES.values()
-                       if not self._call("a readiness check", client.is_model_ready, name)]
+            missing = [MODEL_NAMES[job] for job in jobs
+                       if not self._call("a readiness check", client.is_model_ready, MODEL_NAMES[job])]
         finally:
             client.close()
         if missing:

@@ -252,7 +252,7 @@ def triton_repos(tmp_path_factory, tiny_ood_checkpoint) -> tuple[Path, Path]:
     broken = python_twin(write_triton_repo(SHIPPED_ONNX, root / "other", name="broken"), twin)
     (broken / "1" / "model.py").write_text(
         "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('weights are missing')\n")
-    write_job_models(tiny_ood_checkpoint, twin, kind="cpu", threads=2)
+    write_job_models(tiny_ood_checkpoint, twin, kind="cpu", threads=1)
     return exported, twin
 
 
