@@ -106,13 +106,13 @@ def test_ideal_through_triton_is_the_in_process_picture(jobs, tiny):
     from training.ideal import ideal_image, label_probability
 
     model, labels = tiny
-    got = jobs.ideal("cat", steps=12, size=64, seed=3)
-    want = ideal_image(model, labels, "cat", steps=12, size=64, seed=3)
-    assert got.size == want.size == (64, 64) and got.mode == "RGB"
+    got = jobs.ideal("cat", steps=6, size=48, seed=3)
+    want = ideal_image(model, labels, "cat", steps=6, size=48, seed=3)
+    assert got.size == want.size == (48, 48) and got.mode == "RGB"
     diff = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(want, dtype=np.int16))
     assert diff.mean() <= 1.0 and diff.max() <= 16  # the same picture, up to float rounding
     assert got.info["prob"] == pytest.approx(label_probability(model, labels, want, "cat"), abs=0.02)
-    again, prob = jobs.ideal_judged("cat", steps=12, size=64, seed=3)
+    again, prob = jobs.ideal_judged("cat", steps=6, size=48, seed=3)
     assert np.array_equal(np.asarray(again), np.asarray(got)) and prob == got.info["prob"]  # deterministic for a seed
 
 
