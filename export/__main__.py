@@ -7,11 +7,13 @@ Examples::
     python -m export --checkpoint models/catsdogs.pt --out models/catsdogs.onnx \\
         --int8 --calibration PHOTOS/train       # also models/catsdogs-int8.onnx
     python -m export --checkpoint models/catsdogs.pt --triton-repo triton   # triton/catsdogs/...
+        # ... and triton/petlens_fool, petlens_ideal, petlens_explain (the torch jobs; docs/deploy-triton.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +23,7 @@ from training.images import image_files
 
 from .convert import OPSET, ExportError, export_onnx
 from .quantize import MIN_CALIBRATION, describe, quantize_int8
-from .triton import write_triton_repo
+from .triton import write_job_models, write_triton_repo
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -49,6 +51,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--triton-name", help="model name in the Triton repository (default: stem of --out or of the checkpoint)")
     parser.add_argument("--max-batch-size", type=positive(int), default=32, help="Triton max_batch_size (default: %(default)s)")
     parser.add_argument("--triton-kind", choices=["auto", "gpu", "cpu"], default="auto", help="Triton instance kind (default: %(default)s)")
+    parser.add_argument("--no-triton-jobs", dest="triton_jobs", action="store_false",
+                        help="leave out the torch job models (petlens_fool, petlens_ideal, petlens_explain) from --triton-repo")
+    parser.add_argument("--triton-sys-path", default=None, metavar="PATHS",
+                        help="folders (os.pathsep-separated) the server's python stub must add to sys.path to import petlens "
+                        "and torch; '' where petlens is installed in the server's Python (default: this checkout and this "
+                        "interpreter's site-packages)")
+    parser.add_argument("--triton-threads", type=int, default=0,
+                        help="torch threads per job-model instance (default: 0 = torch's default)")
     return parser
 
 
@@ -99,6 +109,11 @@ def main(args: argparse.Namespace) -> int:
             folder = write_triton_repo(out, args.triton_repo, name=args.triton_name or out.stem,
                                        max_batch_size=args.max_batch_size, kind=args.triton_kind)
             print(f"wrote Triton model repository {folder} (serve with: tritonserver --model-repository={args.triton_repo})")
+            if args.triton_jobs:
+                sys_path = None if args.triton_sys_path is None else [p for p in args.triton_sys_path.split(os.pathsep) if p]
+                jobs = write_job_models(model, args.triton_repo, kind=args.triton_kind, sys_path=sys_path,
+                                        threads=args.triton_threads)
+                print(f"wrote the torch job models {', '.join(f.name for f in jobs)} (python backend) into {args.triton_repo}")
     return 0
 
 

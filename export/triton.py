@@ -138,3 +138,155 @@ def write_triton_repo(
         (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     (folder / "config.pbtxt").write_text(config_pbtxt(model, name, max_batch_size=max_batch_size, kind=kind), encoding="utf-8")
     return folder
+
+
+# --- the torch jobs (fool-me, ideal image, Grad-CAM) as python-backend models ---------------
+
+# The python backend's model.py for every job model: it puts the project (and, for a venv, its
+# site-packages) on the stub's sys.path, loads the checkpoint beside it once, and hands each
+# batch of requests to export.jobs.run_jobs. The stub runs an isolated interpreter
+# (PYTHONPATH is ignored), hence petlens.sys_path / PETLENS_STUB_PATH.
+JOB_MODEL_PY = '''"""A petlens torch job on Triton's python backend (written by export.triton.write_job_models)."""
+import os as _os, sys as _sys  # noqa: E401 -- before anything imports numpy: see the venv's packages first
+_sys.path[:0] = [p for p in _os.environ.get("PETLENS_STUB_PATH", "").split(_os.pathsep) if p and p not in _sys.path]
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k[len("petlens."):]: v["string_value"] for k, v in (config.get("parameters") or {}).items()
+                  if k.startswith("petlens.")}
+        _sys.path[:0] = [p for p in params.get("sys_path", "").split(_os.pathsep) if p and p not in _sys.path]
+        import torch
+
+        from export.jobs import INPUTS, OUTPUTS, JobLimits
+        from training import load_checkpoint
+
+        if int(params.get("threads", "0")) > 0:
+            torch.set_num_threads(int(params["threads"]))
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = torch.device("cuda", int(args.get("model_instance_device_id") or 0)) if gpu else torch.device("cpu")
+        checkpoint = _os.path.join(args["model_repository"], args["model_version"], params.get("checkpoint", "model.pt"))
+        self.model, self.labels = load_checkpoint(checkpoint, device=device)
+        self.model.requires_grad_(False)  # the jobs differentiate w.r.t. the input only
+        self.job, self.limits = params["job"], JobLimits.from_params(params)
+        self.input, self.outputs = INPUTS[self.job], OUTPUTS[self.job]
+
+    def _request(self, request, arrived):
+        from export.jobs import JobRequest
+
+        options = json.loads(request.parameters() or "{}")
+        budget = options.pop("timeout_s", None)
+        data = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input)).tobytes()
+        cancelled = getattr(request, "is_cancelled", lambda: False)
+        return JobRequest(data, options, arrived + float(budget) if budget else float("inf"), cancelled)
+
+    def execute(self, requests):
+        from export.jobs import run_jobs
+
+        arrived = time.monotonic()
+        outcomes = run_jobs(self.job, self.model, self.labels, self.limits, [self._request(r, arrived) for r in requests])
+        responses = []
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(outcome.wire())))
+                continue
+            # from_dlpack of a writable copy: the stub is built for numpy < 2 (see export.jobs).
+            tensors = [pb_utils.Tensor.from_dlpack(n, np.frombuffer(outcome[n], np.uint8)[None].copy()) for n in self.outputs]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+'''
+
+JOB_MAX_BATCH = 8
+
+
+def job_config_pbtxt(job: str, labels: list[str], *, params: dict[str, str], max_batch_size: int = JOB_MAX_BATCH,
+                     kind: str = "auto", count: int = 1, queue_delay_us: int = 20000) -> str:
+    """The text of ``config.pbtxt`` for the python-backend model of ``job`` (fool, ideal, explain)."""
+    from .jobs import INPUTS, MODEL_NAMES, OUTPUTS
+
+    blob = "    data_type: TYPE_UINT8\n    dims: [ -1 ]\n"
+    inputs = f'  {{\n    name: "{INPUTS[job]}"\n{blob}    allow_ragged_batch: true\n  }}'
+    outputs = ",\n".join(f'  {{\n    name: "{name}"\n{blob}  }}' for name in OUTPUTS[job])
+    instance = f"    count: {count}\n" + (f"    kind: {KINDS[kind]}\n" if KINDS[kind] else "")
+    return (
+        f"# petlens {job} job (torch, training.*), for labels {json.dumps(labels)}.\n"
+        "# Blobs are UINT8 [-1] (encoded photo / UTF-8 label in; PNGs and a JSON result out);\n"
+        "# options are request parameters; see export/jobs.py.\n"
+        f'name: "{MODEL_NAMES[job]}"\n'
+        'backend: "python"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        "input [\n" + inputs + "\n]\n"
+        "output [\n" + outputs + "\n]\n"
+        "# Requests arriving within the delay share one execute() call (fool-me: one attack loop).\n"
+        "# A request that waited longer than its own timeout (tritonclient's timeout=) is rejected.\n"
+        "dynamic_batching {\n"
+        f"  max_queue_delay_microseconds: {queue_delay_us}\n"
+        "  default_queue_policy { timeout_action: REJECT allow_timeout_override: true }\n"
+        "}\n"
+        "instance_group [\n  {\n" + instance + "  }\n]\n"
+        "# The job, the checkpoint beside model.py, where the stub finds the project, and the limits.\n"
+        "parameters [\n" + ",\n".join(
+            f"  {{ key: {_pbtxt_string('petlens.' + k)} value: {{ string_value: {_pbtxt_string(v)} }} }}" for k, v in params.items()
+        ) + "\n]\n"
+    )
+
+
+def default_sys_path() -> list[str]:
+    """Where this interpreter finds the project and its packages (what a stub on this machine
+    needs); a container with petlens installed needs none."""
+    import site
+
+    return [str(Path(__file__).resolve().parents[1]), *site.getsitepackages()]
+
+
+def write_job_models(
+    checkpoint: str | os.PathLike,
+    repo: str | os.PathLike,
+    *,
+    jobs: tuple[str, ...] = ("fool", "ideal", "explain"),
+    kind: str = "auto",
+    count: int = 1,
+    max_batch_size: int = JOB_MAX_BATCH,
+    limits=None,
+    sys_path: list[str] | None = None,
+    threads: int = 0,
+) -> list[Path]:
+    """Write ``repo/petlens_<job>/`` for each job: ``config.pbtxt`` (python backend, dynamic
+    batching, ``petlens.*`` limits), ``1/model.py`` and ``1/model.pt`` (a copy of ``checkpoint``).
+    ``sys_path``: folders the server's python stub must see (default :func:`default_sys_path`;
+    ``[]`` where petlens is installed in the server's Python). ``threads``: torch threads per
+    instance (0: torch's default). Returns the model folders."""
+    from training import read_checkpoint
+
+    from .jobs import JOBS, MODEL_NAMES, JobLimits
+
+    checkpoint, repo = Path(checkpoint), Path(repo)
+    bad = [j for j in jobs if j not in JOBS]
+    if bad:
+        raise ValueError(f"unknown job {bad[0]!r}; choose from {', '.join(JOBS)}")
+    if kind not in KINDS:
+        raise ValueError(f"instance kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not 1 <= max_batch_size <= 64:
+        raise ValueError(f"max_batch_size for the jobs must be between 1 and 64, got {max_batch_size}")
+    labels = list(read_checkpoint(checkpoint)["config"]["labels"])
+    limits = limits or JobLimits()
+    paths = default_sys_path() if sys_path is None else list(sys_path)
+    folders = []
+    for job in jobs:
+        folder = repo / MODEL_NAMES[job]
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint, folder / "1" / "model.pt")
+        (folder / "1" / "model.py").write_text(JOB_MODEL_PY, encoding="utf-8")
+        params = {"job": job, "checkpoint": "model.pt", "labels": json.dumps(labels), "sys_path": os.pathsep.join(paths),
+                  "threads": str(threads), **limits.as_params()}
+        config = job_config_pbtxt(job, labels, params=params, max_batch_size=max_batch_size, kind=kind, count=count)
+        (folder / "config.pbtxt").write_text(config, encoding="utf-8")
+        folders.append(folder)
+    return folders

@@ -213,3 +213,58 @@ def with_ood_thresholds(src: Path, dst: Path, threshold: float, refuse_threshold
     props["ood"].value = json.dumps(meta)
     onnx.save(model, str(dst))
     return dst
+
+
+# --- a real Triton server (tests/export/tritonserver.py), started once per session --------
+
+SHIPPED_ONNX = Path(__file__).resolve().parents[1] / "models" / "catsdogs.onnx"
+JOB_MODELS = ["petlens_fool", "petlens_ideal", "petlens_explain"]
+
+
+@pytest.fixture(scope="session")
+def triton_files():
+    """The server files from the nvidia-pytriton wheel; skips (with the reason) without them."""
+    from tests.export.tritonserver import find_server
+
+    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install -e '.[triton]')")
+    files, why = find_server()
+    if files is None:
+        pytest.skip(why)
+    return files
+
+
+@pytest.fixture(scope="session")
+def triton_repos(tmp_path_factory, tiny_ood_checkpoint) -> tuple[Path, Path]:
+    """``(exported, twin)``: the repository ``export.triton`` writes for the shipped model, and
+    the python-backend twin the server runs. The twin repository also holds ``mismatch``
+    (a config promising 3 classes of a 2-class model), ``broken`` (fails to load), and the
+    torch job models (python backend already, so as written) for ``tiny_ood_checkpoint``."""
+    from export.triton import write_job_models, write_triton_repo
+    from tests.export.tritonserver import python_twin
+
+    root = tmp_path_factory.mktemp("triton")
+    exported = write_triton_repo(SHIPPED_ONNX, root / "exported", name="catsdogs")
+    twin = root / "twin"
+    python_twin(exported, twin)
+    mismatch = python_twin(write_triton_repo(SHIPPED_ONNX, root / "other", name="mismatch"), twin)
+    config = mismatch / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ 2 ]", "dims: [ 3 ]"))
+    broken = python_twin(write_triton_repo(SHIPPED_ONNX, root / "other", name="broken"), twin)
+    (broken / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('weights are missing')\n")
+    write_job_models(tiny_ood_checkpoint, twin, kind="cpu", threads=1)
+    return exported, twin
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_files, triton_repos, tmp_path_factory):
+    """tritonserver on a free loopback port serving the twin repository (the classifier's twin
+    and the torch job models: one server for all the Triton tests); always stopped."""
+    from tests.export.tritonserver import TritonServer
+
+    server = TritonServer(triton_repos[1], triton_files, tmp_path_factory.mktemp("tritonserver"))
+    server.start(timeout=240, models=["catsdogs", "mismatch", *JOB_MODELS])
+    try:
+        yield server
+    finally:
+        server.stop()

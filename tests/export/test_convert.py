@@ -181,6 +181,8 @@ def test_cli_exports_quantizes_and_writes_triton_repo(tiny_checkpoint, synthetic
     int8 = out.with_name("pets-int8.onnx")
     assert out.is_file() and int8.is_file()
     assert (tmp_path / "triton" / "pets" / "1" / "model.onnx").read_bytes() == out.read_bytes()
+    for job in ("fool", "ideal", "explain"):  # the torch jobs beside the classifier
+        assert (tmp_path / "triton" / f"petlens_{job}" / "1" / "model.pt").read_bytes() == tiny_checkpoint.read_bytes()
     clf = Classifier.load(int8)
     photo = next((synthetic_data / "val" / "dog").iterdir())
     assert clf.predict(photo, top_k=1)[0][0] == "dog"

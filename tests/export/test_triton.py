@@ -66,3 +66,36 @@ def test_urls_that_name_no_triton_model_are_one_clear_error():
         Classifier.load("http://127.0.0.1:9/pets")  # discard port: nothing listens
     with pytest.raises(ModelError, match="not a Triton model URL"):
         Classifier.load("http://127.0.0.1:8000/a/b/c")
+
+
+def test_job_models_layout_config_and_limits(tiny_checkpoint, tmp_path):
+    from export.jobs import JobLimits
+    from export.triton import write_job_models
+
+    limits = JobLimits(max_steps=40, eps_max=8 / 255)
+    folders = write_job_models(tiny_checkpoint, tmp_path, kind="gpu", count=2, limits=limits, sys_path=["/opt/petlens"], threads=3)
+    assert [f.name for f in folders] == ["petlens_fool", "petlens_ideal", "petlens_explain"]
+    for folder in folders:
+        assert (folder / "1" / "model.pt").read_bytes() == tiny_checkpoint.read_bytes()
+        assert "class TritonPythonModel" in (folder / "1" / "model.py").read_text()
+        text = (folder / "config.pbtxt").read_text()
+        assert re.search(rf'^name: "{folder.name}"$', text, re.M) and re.search(r'^backend: "python"$', text, re.M)
+        assert "kind: KIND_GPU" in text and "count: 2" in text and "max_batch_size: 8" in text
+        assert "dynamic_batching {" in text and "allow_ragged_batch: true" in text and "TYPE_STRING" not in text
+        params = dict(re.findall(r'key: "petlens\.(\w+)" value: \{ string_value: "((?:[^"\\]|\\.)*)" \}', text))
+        assert params["job"] == folder.name.split("_")[1] and params["sys_path"] == "/opt/petlens" and params["threads"] == "3"
+        assert JobLimits.from_params(params) == limits and params["labels"] == '[\\"cat\\", \\"dog\\"]'
+    fool_config = (folders[0] / "config.pbtxt").read_text()
+    assert re.search(r'input \[\n  \{\n    name: "photo"\n    data_type: TYPE_UINT8\n    dims: \[ -1 \]', fool_config)
+    assert re.findall(r'name: "(\w+)"\n    data_type: TYPE_UINT8', fool_config) == ["photo", "image", "result"]
+    cpu = write_job_models(tiny_checkpoint, tmp_path / "cpu", jobs=("fool",), kind="cpu")
+    assert "kind: KIND_CPU" in (cpu[0] / "config.pbtxt").read_text()
+
+
+def test_job_models_bad_arguments(tiny_checkpoint, tmp_path):
+    from export.triton import write_job_models
+
+    for kwargs, phrase in [({"jobs": ("train",)}, "unknown job 'train'"), ({"kind": "tpu"}, "instance kind"),
+                           ({"max_batch_size": 0}, "max_batch_size")]:
+        with pytest.raises(ValueError, match=phrase):
+            write_job_models(tiny_checkpoint, tmp_path, **kwargs)

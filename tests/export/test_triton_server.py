@@ -133,7 +133,7 @@ def test_unknown_not_ready_and_misshapen_models_are_one_clear_error(triton_serve
 def test_server_stopped_mid_run_is_a_clear_error_not_a_hang(triton_files, triton_repos, tmp_path, local):
     from tests.export.tritonserver import TritonServer
 
-    server = TritonServer(triton_repos[1], triton_files, tmp_path).start(models=["catsdogs"])
+    server = TritonServer(triton_repos[1], triton_files, tmp_path).start(models=["catsdogs"], only=True)
     try:
         clf = Classifier.load(f"{server.url}/catsdogs")
         image = EXAMPLES / "chelsea-cat.jpg"

@@ -1,7 +1,7 @@
 """A real Triton Inference Server for the tests, from PyPI's ``nvidia-pytriton`` wheel.
 
 The wheel ships ``tritonserver`` and its python backend, but no onnxruntime backend. So the
-server runs a *twin* of the repository ``python -m export --triton-repo`` writes: the same
+server runs the torch job models (``petlens_fool``, ...: python backend already) as written, and a *twin* of the repository ``python -m export --triton-repo`` writes: the same
 ``config.pbtxt`` except ``backend: "python"`` in place of ``platform: "onnxruntime_onnx"``,
 the same ``labels.txt`` and ``model.onnx``, plus a ``model.py`` that runs that file with
 onnxruntime. Everything the server checks -- the config, dims and reshapes against what the
@@ -180,9 +180,10 @@ class TritonServer:
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU tests: no GPU probing in the server
         return env
 
-    def start(self, timeout: float = 120.0, models: Sequence[str] | None = None) -> TritonServer:
+    def start(self, timeout: float = 120.0, models: Sequence[str] | None = None, *, only: bool = False) -> TritonServer:
         """Start and wait until ready: the whole server, or when ``models`` is given, just
-        those models (then the others may fail to load, as a test of that wants)."""
+        those models (then the others may fail to load, as a test of that wants). ``only``:
+        load nothing but ``models`` (a quick server beside the repository's heavier models)."""
         port = _free_port()
         strict = "true" if models is None else "false"
         cmd = [
@@ -190,6 +191,8 @@ class TritonServer:
             "--http-address=127.0.0.1", f"--http-port={port}", "--allow-grpc=false", "--allow-metrics=false",
             f"--exit-on-error={strict}", f"--strict-readiness={strict}", "--exit-timeout-secs=5", "--log-verbose=0",
         ]
+        if only and models:
+            cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                          start_new_session=True, preexec_fn=_die_with_parent)

@@ -241,3 +241,46 @@ def test_the_pet_part_is_in_the_objective(tiny_ood_checkpoint):
     assert torch.allclose(out[:, -1], expected, atol=1e-5)
     assert not Verdict("cat", 0.99, ood_score=1.0, is_pet=False).fooled("cat")
     assert Verdict("cat", 0.99).fooled("cat") and not Verdict("dog", 0.99, 0.0, True).fooled("cat")
+
+
+# Eight photos of different sizes and both targets, small enough to stay fast.
+BATCH_SIZES = [(200, 150), (150, 210), (128, 128), (176, 120), (96, 160), (224, 224), (160, 112), (120, 200)]
+
+
+@pytest.mark.slow
+def test_fool_batch_equals_single_runs_photo_by_photo(tiny_ood_checkpoint):
+    """One attack loop over 8 different photos gives, photo by photo, what 8 runs of fool()
+    give: the same verdicts before and after, within the same eps-ball, at the photo's size.
+    (Not the same pixels: batched convolutions round differently; see fool_batch.)"""
+    from training.adversarial import fool_batch
+
+    model, labels = load_checkpoint(tiny_ood_checkpoint)
+    photos = [synthetic_photo(("dog", "cat")[i % 2], 60 + i, size=size) for i, size in enumerate(BATCH_SIZES)]
+    targets = [("cat", "dog")[i % 2] for i in range(len(photos))]
+    eps = 8 / 255
+    seen = []
+    batch = fool_batch(model, labels, photos, targets, eps=eps, steps=25, progress=lambda s, t: seen.append(s))
+    assert len(batch) == 8 and seen and seen == list(range(1, len(seen) + 1))
+    for photo, target, got in zip(photos, targets, batch):
+        want = fool(model, labels, photo, target, eps=eps, steps=25)
+        assert got.image.size == want.image.size == photo.size and got.resized_from is None
+        assert got.source == want.source  # judged alone in both, so identical
+        assert (got.success, got.result.label, got.result.is_pet) == (want.success, want.result.label, want.result.is_pet)
+        assert got.result.prob == pytest.approx(want.result.prob, abs=0.05)
+        diff = np.abs(np.asarray(got.image, dtype=np.int16) - np.asarray(photo, dtype=np.int16)).max()
+        assert diff <= 8 and got.linf == pytest.approx(diff / 255)
+        assert 0 <= got.steps <= 25 and abs(got.steps - want.steps) <= 3
+    assert sum(r.success for r in batch) >= 6
+
+
+def test_fool_batch_checks_its_arguments(tiny):
+    from training.adversarial import fool_batch
+
+    model, labels = tiny
+    photo = synthetic_photo("dog", 14, size=(96, 80))
+    with pytest.raises(ValueError, match="2 photos but 1 targets"):
+        fool_batch(model, labels, [photo, photo], ["cat"])
+    with pytest.raises(ValueError, match="unknown target 'zebra'"):
+        fool_batch(model, labels, [photo, photo], ["cat", "zebra"])
+    one = fool_batch(model, labels, [photo, photo], "cat", eps=8 / 255, steps=2)
+    assert [r.image.size for r in one] == [(96, 80), (96, 80)]
