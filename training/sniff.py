@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .images import _magic_format
+from .images import sniff_format
 
 
 def file_kind(path: str | Path) -> str:
@@ -27,4 +27,4 @@ def file_kind(path: str | Path) -> str:
     if path.suffix.lower() == ".onnx" or (len(head) > 2 and head[0] == 0x08 and head[1] < 0x20
                                           and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)):
         return "onnx"
-    return _magic_format(head) or "other"
+    return sniff_format(head) or "other"
