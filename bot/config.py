@@ -32,6 +32,7 @@ class Settings:
 
     model: Path = DEFAULT_MODEL
     checkpoint: Path | None = DEFAULT_CHECKPOINT
+    server: str | None = None  # a Triton server for classify and the heavy jobs (model/checkpoint unused)
     limits: Limits = BOT_LIMITS
     workers: int = 2  # threads (or processes) for /classify
     max_heavy: int = 2  # concurrent /fool-me, /ideal, /explain jobs, bot-wide
@@ -76,6 +77,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", default=_env("PETLENS_CHECKPOINT", DEFAULT_CHECKPOINT),
                    help="torch checkpoint for /fool-me, /ideal and /explain; 'none' disables them "
                         "(env PETLENS_CHECKPOINT; default %(default)s)")
+    g.add_argument("--server", default=_env("PETLENS_SERVER", None), metavar="URL",
+                   help="a Triton server (http://host:8000, from python -m export --triton-repo) that classifies and "
+                        "runs /fool-me, /ideal and /explain; --model and --checkpoint are then not used "
+                        "(env PETLENS_SERVER; default: all in this process)")
     g.add_argument("--max-bytes", type=int, default=_env("PETLENS_MAX_BYTES", BOT_LIMITS.max_bytes),
                    help="largest upload accepted, in bytes (env PETLENS_MAX_BYTES; default %(default)s)")
     g.add_argument("--max-pixels", type=int, default=_env("PETLENS_MAX_PIXELS", BOT_LIMITS.max_pixels),
@@ -133,6 +138,7 @@ def from_args(args: argparse.Namespace, token: str | None = None) -> Settings:
     settings = Settings(
         model=Path(args.model),
         checkpoint=checkpoint,
+        server=getattr(args, "server", None) or None,
         limits=limits,
         workers=getattr(args, "workers", Settings.workers),
         max_heavy=getattr(args, "max_heavy", Settings.max_heavy),

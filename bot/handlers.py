@@ -161,17 +161,20 @@ class Handlers:
         """
         self.settings = settings
         self.limits = settings.limits
-        self.model_path = str(settings.model)
-        if not Path(self.model_path).is_file():
+        self.model_path = settings.server or str(settings.model)
+        if settings.server:  # the server holds the classifier and the job models
+            checkpoint, disabled = None, None
+        elif not Path(self.model_path).is_file():
             raise ConfigError(f"model not found: {settings.model}. Export one with `python -m export` "
                               "or point --model / PETLENS_MODEL at an .onnx file.")
-        checkpoint, disabled = self._check_checkpoint(settings.checkpoint, verify_checkpoint)
+        else:
+            checkpoint, disabled = self._check_checkpoint(settings.checkpoint, verify_checkpoint)
         self.spec = work.Spec(self.model_path, checkpoint, settings.limits, settings.fool_steps, settings.ideal_steps,
-                              disabled)
+                              disabled, settings.server, settings.job_timeout_s)
         try:
             self.service = work.service(self.spec)
         except Exception as exc:
-            raise ConfigError(f"cannot load {settings.model}: {exc}") from exc
+            raise ConfigError(str(exc) if settings.server else f"cannot load {settings.model}: {exc}") from exc
         self.labels: list[str] = list(self.service.labels)
         if checkpoint and verify_checkpoint and (found := work.checkpoint_labels(checkpoint)) != self.labels:
             raise ConfigError(f"{checkpoint} has labels {found} but {self.model_path} has {self.labels}; "

@@ -32,6 +32,8 @@ class Spec:
     fool_steps: int | None = None
     ideal_steps: int | None = None
     heavy_disabled: str | None = None
+    server: str | None = None  # a Triton server for everything (model and checkpoint unused)
+    job_timeout: float = 600.0  # seconds a job may take on the server
 
 
 def service(spec: Spec) -> Service:
@@ -41,16 +43,20 @@ def service(spec: Spec) -> Service:
         if spec not in _services:
             from export.runtime import Classifier
 
-            jobs = LocalJobs(spec.checkpoint) if spec.checkpoint else None
-            _services[spec] = Service(Classifier.load(spec.model), jobs, limits=spec.limits, fool_steps=spec.fool_steps,
-                                      ideal_steps=spec.ideal_steps, heavy_disabled=spec.heavy_disabled)
+            settings = dict(limits=spec.limits, fool_steps=spec.fool_steps, ideal_steps=spec.ideal_steps)
+            if spec.server:
+                _services[spec] = Service.connect(spec.server, timeout=spec.job_timeout, **settings)
+            else:
+                jobs = LocalJobs(spec.checkpoint) if spec.checkpoint else None
+                _services[spec] = Service(Classifier.load(spec.model), jobs, heavy_disabled=spec.heavy_disabled,
+                                          **settings)
         return _services[spec]
 
 
 def warm(spec: Spec, torch_threads: int, heavy: bool) -> None:
     """Pool initializer: size torch's thread pool and load the models before the first job."""
     svc = service(spec)
-    if heavy and svc.jobs is not None:
+    if heavy and isinstance(svc.jobs, LocalJobs):
         import torch
 
         # Several jobs run side by side; a share of the cores each avoids oversubscribing them.

@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-from demo.app import launch, load_demo
+from demo.app import SERVER_TIMEOUT_S, launch, load_demo
 from demo.lanes import MAX_WAITING, PER_CLIENT
 from training.cli import UsageError, add_model, make_parser, positive, run
 
@@ -37,6 +37,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="the matching torch checkpoint, used by Fool me, Ideal image and Inside the network "
                              "(default: models/catsdogs.pt)")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="a Triton server (http://host:8000, from python -m export --triton-repo) that classifies "
+                             "and runs the heavy jobs; --model and --checkpoint are then not used (default: all in "
+                             "this process)")
+    parser.add_argument("--job-timeout", type=positive(float), default=SERVER_TIMEOUT_S,
+                        help="seconds a heavy job may take on --server before it is given up "
+                             f"(default: {SERVER_TIMEOUT_S:g})")
     parser.add_argument("--examples", type=Path, default=None,
                         help="folder of example photos shown under the inputs (default: demo/examples)")
     parser.add_argument("--fool-steps", type=positive(int), default=None,
@@ -101,6 +108,8 @@ def _serving_port(host: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.server and (args.model is not None or args.checkpoint is not None):
+        raise UsageError("--server serves the classifier and the heavy jobs; drop --model and --checkpoint")
     if args.examples is not None and not args.examples.is_dir():
         raise UsageError(f"--examples {args.examples}: no such folder")
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
@@ -109,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
         raise _busy(host, port, named_by)
     # A missing file, a bad model, Triton unreachable, labels that do not match: one line, exit 2.
     app = load_demo(
-        args.model, args.checkpoint, examples=args.examples, fool_steps=args.fool_steps,
+        args.model, args.checkpoint, server=args.server, job_timeout=args.job_timeout, examples=args.examples, fool_steps=args.fool_steps,
         ideal_steps=args.ideal_steps, heavy_concurrency=args.heavy_concurrency, max_queue=args.max_queue,
         jobs_per_client=args.jobs_per_client,
     )

@@ -39,6 +39,7 @@ DEFAULT_CHECKPOINT = Path("models/catsdogs.pt")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 TABS = (classify, fool, ideal, inside)  # in the page's order
+SERVER_TIMEOUT_S = 600.0  # a heavy job on --server: a robust fool-me of a big photo takes minutes on a CPU
 QUEUE_MEMORY_BOUND = 1024  # waiting events of all kinds; the heavy lane keeps its own line far shorter
 
 INTRO = """\
@@ -138,15 +139,22 @@ def resolve_model_file(path: str | Path | None, default: Path) -> Path:
 
 
 def load_demo(model: str | Path | None = None, checkpoint: str | Path | None = None, *,
+              server: str | None = None, job_timeout: float = SERVER_TIMEOUT_S,
               fool_steps: int | None = None, ideal_steps: int | None = None, ideal_size: int | None = None,
               **options: Any) -> gr.Blocks:
     """Load the ONNX classifier and the torch checkpoint once and build the demo on them.
     ``None`` means the shipped ``models/catsdogs.onnx`` / ``models/catsdogs.pt``; ``model``
-    may also be a Triton URL (``http://host:8000/<model>``, see ``export.runtime``)."""
-    remote = model is not None and str(model).startswith(("http://", "https://"))  # a Triton server
-    service = Service.load(model if remote else resolve_model_file(model, DEFAULT_MODEL),
-                           resolve_model_file(checkpoint, DEFAULT_CHECKPOINT),
-                           fool_steps=fool_steps, ideal_steps=ideal_steps, ideal_size=ideal_size)
+    may also be a Triton URL (``http://host:8000/<model>``, see ``export.runtime``).
+    ``server``: a Triton server that classifies *and* runs the heavy jobs
+    (:meth:`service.Service.connect`); ``model`` and ``checkpoint`` are then not used, and
+    each heavy job is given up after ``job_timeout`` seconds."""
+    settings = dict(fool_steps=fool_steps, ideal_steps=ideal_steps, ideal_size=ideal_size)
+    if server is not None:
+        service = Service.connect(server, timeout=job_timeout, **settings)
+    else:
+        remote = model is not None and str(model).startswith(("http://", "https://"))  # a Triton classifier
+        service = Service.load(model if remote else resolve_model_file(model, DEFAULT_MODEL),
+                               resolve_model_file(checkpoint, DEFAULT_CHECKPOINT), **settings)
     return build_demo(service, **options)
 
 

@@ -19,9 +19,9 @@ Vocabulary: a *verdict* is only ever ``"pet"``, ``"unsure"`` or ``"not_pet"``
 (:mod:`training.verdict`).
 """
 
-from .answers import Classified, Dreamed, Explained, Fooled, UserError
+from .answers import Classified, Dreamed, Explained, Fooled, Unavailable, UserError
 from .jobs import STRENGTHS, Service
 from .photos import Limits, Photo, open_photo
 
-__all__ = ["STRENGTHS", "Classified", "Dreamed", "Explained", "Fooled", "Limits", "Photo", "Service", "UserError",
+__all__ = ["STRENGTHS", "Classified", "Dreamed", "Explained", "Fooled", "Limits", "Photo", "Service", "Unavailable", "UserError",
            "open_photo"]

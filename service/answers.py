@@ -312,3 +312,14 @@ def too_many_jobs(per_client: int) -> str:
 def heavy_lane_full(waiting: int) -> str:
     """Every heavy job slot in the waiting line is taken."""
     return f"{waiting} jobs are already waiting for the network. Try again in a minute; Classify still answers at once."
+
+
+class Unavailable(UserError):
+    """The server that runs a job (``--server``: a Triton pool) is down, too slow or refused
+    it. ``str(err)`` is for the user; the operator's detail is in the exception's cause."""
+
+
+def server_unavailable(what: str) -> str:
+    """A job whose server did not answer (down, overloaded or misconfigured: the log says which)."""
+    return (f"{what} cannot run right now: the server that does the work is not answering. "
+            "Try again in a minute.")

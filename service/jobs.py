@@ -4,8 +4,8 @@
 model) that gives every verdict a user sees, and the *jobs* that change pixels: fool-me, the
 ideal image and Grad-CAM. :class:`LocalJobs` runs them in this process with the project's own
 torch functions (``training.adversarial.fool``, ``training.ideal.ideal_image``,
-``training.explain.explain``); any object with the same three methods (a Triton client, say)
-can stand in for it.
+``training.explain.explain``); :class:`RemoteJobs` sends the same jobs to a Triton server
+(``export.triton_jobs``), and :meth:`Service.connect` puts the classifier there too.
 
 Every result is judged where the user checks it next: the fool-me image and the ideal image
 by the deployed classifier, on the 8-bit image itself.
@@ -20,16 +20,21 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from .answers import Classified, Dreamed, Explained, Fooled, UserError, choose
+from .answers import Classified, Dreamed, Explained, Fooled, Unavailable, UserError, choose, server_unavailable
 from .photos import Limits, Photo, open_photo
+
+log = logging.getLogger("petlens.service")
 
 STRENGTHS = {"subtle": 1, "normal": 2, "strong": 4}  # fool-me budgets in 8-bit grey levels
 MAX_STRENGTH = 16  # beyond this the change starts to show
@@ -83,6 +88,59 @@ class LocalJobs:
         return explain(model, labels, image, label=label)
 
 
+class RemoteJobs:
+    """The same three jobs on a Triton server (``export.triton_jobs.TritonJobs``), each call
+    bounded by ``timeout`` seconds (the server drops a job whose caller gave up).
+
+    Progress is only "sent" and "back": the work happens elsewhere. A ``progress`` callback
+    that raises (a caller that stopped waiting) stops the job before it is sent."""
+
+    def __init__(self, url: str, *, timeout: float):
+        from export.triton_jobs import TritonJobs
+
+        self.client = TritonJobs(url, timeout=timeout)
+        self.url, self.timeout = self.client.url, timeout
+
+    def check(self) -> RemoteJobs:
+        self.client.check()
+        return self
+
+    def fool(self, image: Image.Image, target: str, *, eps: float, steps: int | None, robust: bool = False,
+             progress: Progress = None):
+        with _reported(progress):
+            return self.client.fool(image, target, eps=eps, steps=steps, robust=robust)
+
+    def ideal(self, label: str, *, steps: int | None, size: int | None, seed: int = 0,
+              progress: Progress = None) -> Image.Image:
+        with _reported(progress):
+            return self.client.ideal(label, steps=steps, size=size, seed=seed)
+
+    def explain(self, image: Image.Image, *, label: str | None = None):
+        return self.client.explain(image, label=label)
+
+    def __repr__(self) -> str:
+        return f"RemoteJobs({self.url}, timeout={self.timeout:g} s)"
+
+
+@contextlib.contextmanager
+def _reported(progress: Progress) -> Iterator[None]:
+    if progress is not None:
+        progress(0, 1)
+    yield
+    if progress is not None:
+        progress(1, 1)
+
+
+def split_server(url: str, default_model: str = "catsdogs") -> tuple[str, str]:
+    """``"http://host:8000"`` -> ``("http://host:8000", "catsdogs")``;
+    ``"http://host:8000/pets"`` -> ``("http://host:8000", "pets")``. Raises :class:`ConfigError`."""
+    m = re.fullmatch(r"(https?://[^/\s]+)/*([A-Za-z0-9_.-]*)/*", str(url).strip())
+    if not m:
+        raise ConfigError(f"--server {url!r} is not a Triton server URL; expected http://host:8000 "
+                          "(or http://host:8000/<classifier model name>)")
+    return m.group(1), m.group(2) or default_model
+
+
 class Service:
     """classify, fool-me, ideal image and explain for one deployed model.
 
@@ -104,6 +162,22 @@ class Service:
             self.heavy_disabled = "this service runs without a torch checkpoint"
 
     @classmethod
+    def connect(cls, server: str, *, timeout: float = 120.0, **options: Any) -> Service:
+        """The service on a Triton server that ``python -m export --triton-repo`` filled: the
+        classifier (``http://host:8000/<name>``, default ``catsdogs``) and the torch job
+        models, each call bounded by ``timeout`` seconds. Raises :class:`ConfigError` naming
+        what is missing when the server is down or lacks a model."""
+        from export.runtime import Classifier
+
+        url, name = split_server(server)
+        try:
+            classifier = Classifier.load(f"{url}/{name}")
+            jobs = RemoteJobs(url, timeout=timeout).check()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--server {server}: {exc}") from exc
+        return cls(classifier, jobs, **options)
+
+    @classmethod
     def load(cls, model: str | Path, checkpoint: str | Path | None, **options: Any) -> Service:
         """The service on an ONNX file (or Triton URL) and its torch checkpoint (None: no heavy
         jobs). Raises :class:`ConfigError` naming the file and the fix."""
@@ -111,8 +185,8 @@ class Service:
 
         try:
             classifier = Classifier.load(model)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load {model}: {exc}") from exc
+        except (OSError, ValueError) as exc:  # the loader's message usually names the file already
+            raise ConfigError(str(exc) if str(model) in str(exc) else f"cannot load {model}: {exc}") from exc
         jobs = None
         if checkpoint is not None:
             from training.checkpoint import read_checkpoint
@@ -137,12 +211,25 @@ class Service:
         if self.jobs is None:
             raise UserError(f"{what} is not available: {self.heavy_disabled}. Classify still works.")
 
+    @contextlib.contextmanager
+    def _served(self, what: str) -> Iterator[None]:
+        """A model server that fails (down, overloaded, misconfigured: ``ModelError``) becomes
+        :class:`Unavailable` for the user; the operator's log gets the server's own words."""
+        from export.backend import ModelError
+
+        try:
+            yield
+        except ModelError as exc:
+            log.warning("%s failed on the model server: %s", what, exc)
+            raise Unavailable(server_unavailable(what)) from exc
+
     # --- the operations -----------------------------------------------------------------------
 
     def classify(self, photo: Photo | Image.Image, top_k: int = 3) -> Classified:
         """The deployed classifier's top-k and its verdict on one photo."""
         image = photo.image if isinstance(photo, Photo) else photo
-        return Classified.of(self.classifier.assess(image, top_k=top_k))
+        with self._served("Classify"):
+            return Classified.of(self.classifier.assess(image, top_k=top_k))
 
     def check_label(self, label: str) -> str:
         """``label`` as the model spells it, or a :class:`UserError` naming the choices."""
@@ -176,7 +263,9 @@ class Service:
         common = dict(source=source, target=target, strength=levels, name=photo.name, original_size=photo.original_size)
         if source.label == target:
             return Fooled(**common)
-        r = self.jobs.fool(photo.image, target, eps=levels / 255, steps=self.fool_steps, robust=robust, progress=progress)
+        with self._served("Fool me"):
+            r = self.jobs.fool(photo.image, target, eps=levels / 255, steps=self.fool_steps, robust=robust,
+                               progress=progress)
         reshared = {how: Classified([(v.label, v.prob)], v.pet_verdict, source.labels)
                     for how, v in (r.reshared or {}).items() if how != "png"}
         return Fooled(**common, result=self.classify(r.image), image=r.image, linf=round(r.linf * 255),
@@ -191,8 +280,9 @@ class Service:
         except (TypeError, ValueError):
             raise UserError(f"the seed must be a whole number, got {seed!r}.") from None
         start = time.perf_counter()
-        image = self.jobs.ideal(label, steps=self.ideal_steps, size=self.ideal_size, seed=seed, progress=progress)
-        prob = dict(self.classifier.predict(image, top_k=len(self.labels)))[label]
+        with self._served("The ideal image"):
+            image = self.jobs.ideal(label, steps=self.ideal_steps, size=self.ideal_size, seed=seed, progress=progress)
+            prob = dict(self.classifier.predict(image, top_k=len(self.labels)))[label]
         from training.optvis import DEFAULT_STEPS
 
         return Dreamed(label, image, float(prob), self.ideal_steps or DEFAULT_STEPS, time.perf_counter() - start, seed)
@@ -202,5 +292,6 @@ class Service:
         self._require_jobs("Explain")
         label = None if label in (None, "") else choose(label, self.labels)
         source = self.classify(photo)
-        e = self.jobs.explain(photo.image, label=label or source.label)
+        with self._served("Explain"):
+            e = self.jobs.explain(photo.image, label=label or source.label)
         return Explained(source, e.label, float(e.prob), e.overlay, dict(e.grids), float(e.seconds), photo.name)

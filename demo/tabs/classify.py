@@ -34,19 +34,22 @@ def classify_page(image: Any, *, ctx: Ctx) -> tuple:
         photo = ctx.photo(image)
     except gr.Error as exc:
         return {}, None, refusal(exc)
-    found = ctx.service.classify(photo)
+    try:
+        found = ctx.run(ctx.service.classify, photo)
+    except gr.Error as exc:  # the photo is fine; the model server is not (--server)
+        return {}, gr.skip(), refusal(exc)
     return answer_label(found), gr.skip(), note(found)
 
 
 def classify_api(image: FileData, *, ctx: Ctx) -> dict:
     """The top-3 labels of a photo, as gr.Label's value: {"label", "confidences"}."""
-    return label_data(ctx.service.classify(ctx.photo(image)).top)
+    return label_data(ctx.run(ctx.service.classify, ctx.photo(image)).top)
 
 
 def assess_api(image: FileData, *, ctx: Ctx) -> dict:
     """Top-3 labels and whether the photo looks like a pet at all: {"top", "is_pet", "verdict",
     "score", "threshold", "refuse_threshold", "message"} (verdict "pet", "unsure" or "not_pet")."""
-    return ctx.service.classify(ctx.photo(image)).as_dict()
+    return ctx.run(ctx.service.classify, ctx.photo(image)).as_dict()
 
 
 def build(ctx: Ctx, bind) -> None:

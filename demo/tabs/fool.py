@@ -29,7 +29,11 @@ def fool_page(image: Any, *, ctx: Ctx) -> tuple:
         photo = ctx.photo(image)
     except gr.Error as exc:
         return {}, None, None, {}, refusal(exc), None
-    return answer_label(ctx.service.classify(photo)), gr.skip(), *cleared
+    try:
+        found = ctx.run(ctx.service.classify, photo)
+    except gr.Error as exc:  # the photo is fine; the model server is not (--server)
+        return {}, gr.skip(), None, {}, refusal(exc), None
+    return answer_label(found), gr.skip(), *cleared
 
 
 def fool_me(image: Any, target: str | None, strength: float, robust: bool = False, *, ctx: Ctx,
