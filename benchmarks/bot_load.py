@@ -7,7 +7,7 @@ with its own event loop), then users click at ``--rate`` per second: /classify, 
 bot's event loop is watched by a heartbeat task. Prints one JSON line::
 
     {"sent", "acknowledged", "replied", "ack_ms": {"p50", "p99", "max"}, "reply_ms": {...},
-     "busy_replies", "max_loop_stall_ms", "rss_mb_start", "rss_mb_end"}
+     "busy_replies", "max_loop_stall_ms", "rss_mb_start", "rss_mb_end", "rss_mb_by_quarter"}
 
 "acknowledged" counts first responses within Discord's 3 s; "replied" counts interactions
 that got an answer (a polite "busy, try again" counts). Any breach of Discord's rules that the
@@ -148,6 +148,7 @@ async def run_emulated(handlers: Handlers, photos: list[tuple[str, bytes]], n: i
 
         beat = asyncio.create_task(heartbeat())
         rss_start = rss_mb()
+        rss_quarters: list[float] = []  # after each quarter of the sends: growth that goes on is a leak
         sent = []
         start = time.perf_counter()
         for i, name in enumerate(plan(n)):
@@ -155,6 +156,8 @@ async def run_emulated(handlers: Handlers, photos: list[tuple[str, bytes]], n: i
             future = asyncio.run_coroutine_threadsafe(_click(emu, name, photos[i % len(photos)], 10_000 + i),
                                                       harness.loop)
             sent.append(await asyncio.wrap_future(future))
+            if (i + 1) % max(1, n // 4) == 0 and len(rss_quarters) < 4:
+                rss_quarters.append(round(rss_mb(), 1))
         deadline = time.monotonic() + reply_timeout_s
         while time.monotonic() < deadline and any(it.answered_at is None for it in sent):
             await asyncio.sleep(0.1)
@@ -177,6 +180,7 @@ async def run_emulated(handlers: Handlers, photos: list[tuple[str, bytes]], n: i
             "max_loop_stall_ms": round(1000 * max(stalls, default=0.0), 1),
             "rss_mb_start": round(rss_start, 1),
             "rss_mb_end": round(rss_end, 1),
+            "rss_mb_by_quarter": rss_quarters,
         }
         await bot.close()
         await asyncio.gather(task, return_exceptions=True)

@@ -206,14 +206,14 @@ def fool_record(result) -> dict:
 
 def fool_result(outputs: dict[str, bytes]):
     """The server's answer back into a :class:`training.adversarial.FoolResult`."""
-    from training.adversarial import FoolResult, Verdict
+    from training.adversarial import FoolResult, Judged
 
     r = json.loads(outputs["result"])
     return FoolResult(
-        image=_image(outputs["image"]), source=Verdict(**r["source"]), result=Verdict(**r["result"]),
+        image=_image(outputs["image"]), source=Judged(**r["source"]), result=Judged(**r["result"]),
         linf=float(r["linf"]), steps=int(r["steps"]), seconds=float(r["seconds"]), success=bool(r["success"]),
         resized_from=tuple(r["resized_from"]) if r["resized_from"] else None,
-        reshared={k: Verdict(**v) for k, v in r["reshared"].items()},
+        reshared={k: Judged(**v) for k, v in r["reshared"].items()},
     )
 
 

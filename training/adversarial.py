@@ -284,7 +284,7 @@ PET_WEIGHT = 30.0  # logits per unit of OOD score in the attack's "not a pet" co
 
 
 @dataclass
-class Verdict:
+class Judged:
     """What the deployed model says of one 8-bit image: the top label and its probability,
     and, for a model with "is it a pet?" statistics, the OOD score and whether it passes."""
 
@@ -314,14 +314,14 @@ class FoolResult:
     """What /fool-me hands back. Verdicts are from the 8-bit images, real preprocessing."""
 
     image: Image.Image  # 8-bit RGB, same size as the input (unless it was capped)
-    source: Verdict  # before
-    result: Verdict  # of the returned image
+    source: Judged  # before
+    result: Judged  # of the returned image
     linf: float  # max |adv - input| in [0, 1] units, measured on the 8-bit images
     steps: int
     seconds: float
     success: bool  # result is the target AND a pet (robust: also after JPEG q85 and a 50% downscale)
     resized_from: tuple[int, int] | None = None  # original (width, height) if it was capped
-    reshared: dict[str, Verdict] = field(default_factory=dict)  # robust checks
+    reshared: dict[str, Judged] = field(default_factory=dict)  # robust checks
 
 
 class _WholeVerdict(torch.nn.Module):
@@ -451,7 +451,7 @@ def fool_batch(
     was_training = model.training
     model.eval()  # the verdicts below must be the deployed (eval-mode) model's
     try:
-        sources = [judge.verdicts([p.image], p.target)[0][0] for p in photos]
+        sources = [judge.judge_all([p.image], p.target)[0][0] for p in photos]
         advs, taken = pgd_each(
             judge.attacked, [p.x for p in photos], [p.target for p in photos],
             eps=eps, alpha=eps / 10 if robust else max(eps / 8, 0.25 / 255), steps=steps, margin=margin,
@@ -507,7 +507,7 @@ class _Judge:
         return self.model if self.net is None else _WholeVerdict(self.net, None, self.margin).eval()
 
     @torch.inference_mode()
-    def verdicts(self, images: list[Image.Image], t: int) -> tuple[list[Verdict], list[float]]:
+    def judge_all(self, images: list[Image.Image], t: int) -> tuple[list[Judged], list[float]]:
         """The deployed verdict of each 8-bit image, and how far each is from being fooled into
         label ``t`` (>= margin: fooled with room to spare)."""
         device = next(self.model.parameters()).device
@@ -522,18 +522,18 @@ class _Judge:
             label_margin = float(target_margin(logits[i : i + 1], torch.tensor([t]))[0])
             label, prob = self.labels[int(probs[i].argmax())], float(probs[i].max())
             if scores is None:
-                out.append(Verdict(label, prob))
+                out.append(Judged(label, prob))
                 slack.append(label_margin)
             else:
                 score, s = float(scores[i]), self.scorer
-                out.append(Verdict(label, prob, score, score <= s.threshold, verdict(score, s.threshold, s.refuse_threshold)))
+                out.append(Judged(label, prob, score, score <= s.threshold, verdict(score, s.threshold, s.refuse_threshold)))
                 # The pet part counts in the same units as the attack's competitor.
                 slack.append(min(label_margin, self.margin + PET_WEIGHT * (s.threshold - score)))
         return out, slack
 
-    def judge(self, image: Image.Image, t: int) -> tuple[dict[str, Verdict], float]:
+    def judge(self, image: Image.Image, t: int) -> tuple[dict[str, Judged], float]:
         """Verdicts of ``image`` as shared every way this mode checks, and the smallest slack."""
-        found, slack = self.verdicts([reshare(image, how) for how in self.checks], t)
+        found, slack = self.judge_all([reshare(image, how) for how in self.checks], t)
         return dict(zip(self.checks, found)), min(slack)
 
 
@@ -548,7 +548,7 @@ class _Photo:
     target: int
     levels: int  # the budget in whole grey levels
     best_score: float = -math.inf
-    best: tuple[Image.Image, dict[str, Verdict]] | None = None
+    best: tuple[Image.Image, dict[str, Judged]] | None = None
 
     @classmethod
     def of(cls, image, target: int, max_side: int, eps: float, device) -> _Photo:
@@ -580,7 +580,7 @@ class _Photo:
         # slack for re-encodings it was not checked against (other JPEG qualities, filters).
         return score >= judge.margin and all(v.fooled(judge.labels[self.target]) for v in judged.values())
 
-    def finish(self, adv: torch.Tensor, judge: _Judge) -> tuple[Image.Image, dict[str, Verdict]]:
+    def finish(self, adv: torch.Tensor, judge: _Judge) -> tuple[Image.Image, dict[str, Judged]]:
         """The image to hand back: the final one, or an earlier one that came closer."""
         final = self.to_8bit(adv)
         judged, score = judge.judge(final, self.target)

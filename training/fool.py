@@ -126,11 +126,11 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(record), flush=True)
         else:
             note = f" (downscaled from {r.resized_from[0]}×{r.resized_from[1]})" if r.resized_from else ""
-            verdict = "fooled" if r.success else "NOT fooled"
+            outcome = "fooled" if r.success else "NOT fooled"
             pet = {"pet": ", a pet", "unsure": ", a pet? (unlike the training photos)", "not_pet": ", NOT a pet",
                    None: ""}[r.result.pet_verdict]
             print(
-                f"{src}: {r.source.label} {r.source.prob:.1%} -> {r.result.label} {r.result.prob:.1%}{pet} {verdict}, "
+                f"{src}: {r.source.label} {r.source.prob:.1%} -> {r.result.label} {r.result.prob:.1%}{pet} {outcome}, "
                 f"L∞ {r.linf * 255:.0f}/255, {r.steps} steps, {r.seconds:.1f} s -> {output}{note}",
                 flush=True,
             )

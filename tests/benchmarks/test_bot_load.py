@@ -38,4 +38,5 @@ def test_mixed_interactions_are_acknowledged_and_answered(handlers):
     assert handlers.heavy.peak <= 2  # the cap holds; the rest were told politely to come back
     assert report["max_loop_stall_ms"] < MAX_STALL_MS
     assert set(report) == {"sent", "acknowledged", "replied", "ack_ms", "reply_ms", "busy_replies",
-                           "max_loop_stall_ms", "rss_mb_start", "rss_mb_end"}
+                           "max_loop_stall_ms", "rss_mb_start", "rss_mb_end", "rss_mb_by_quarter"}
+    assert len(report["rss_mb_by_quarter"]) == 4

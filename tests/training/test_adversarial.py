@@ -223,7 +223,7 @@ def test_fooled_png_passes_the_deployed_whole_verdict(tiny_ood_checkpoint, tiny_
 def test_the_pet_part_is_in_the_objective(tiny_ood_checkpoint):
     """An image the model calls a cat but refuses as a pet is not a success until the attack
     has also brought its OOD score under the threshold; with ood=None only the label counts."""
-    from training.adversarial import Verdict, _WholeVerdict
+    from training.adversarial import Judged, _WholeVerdict
     from training.ood import ClassifierWithOOD, OODScorer
 
     model, labels = load_checkpoint(tiny_ood_checkpoint)
@@ -239,8 +239,8 @@ def test_the_pet_part_is_in_the_objective(tiny_ood_checkpoint):
 
     expected = logits[:, 0] - 3.0 - PET_WEIGHT * (scorer.threshold - PET_SLACK - score)
     assert torch.allclose(out[:, -1], expected, atol=1e-5)
-    assert not Verdict("cat", 0.99, ood_score=1.0, is_pet=False).fooled("cat")
-    assert Verdict("cat", 0.99).fooled("cat") and not Verdict("dog", 0.99, 0.0, True).fooled("cat")
+    assert not Judged("cat", 0.99, ood_score=1.0, is_pet=False).fooled("cat")
+    assert Judged("cat", 0.99).fooled("cat") and not Judged("dog", 0.99, 0.0, True).fooled("cat")
 
 
 # Eight photos of different sizes and both targets, small enough to stay fast.
