@@ -35,10 +35,10 @@ def measure(url: str, out: Path, chromium: str) -> list[dict]:
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Classify").wait_for()
             for tab in TABS:
-                button = page.get_by_role("tab", name=tab)
-                button.click()
+                page.get_by_role("tab", name=tab).first.click()
                 page.wait_for_timeout(500)
-                visible = [t for t in TABS if page.get_by_role("tab", name=t).is_visible()]
+                # Gradio keeps a second, hidden copy of each tab button for its "..." overflow menu.
+                visible = [t for t in TABS if page.get_by_role("tab", name=t).first.is_visible()]
                 panel = page.locator("[role=tabpanel]:visible").first
                 drop = panel.locator("input[type=file]").first
                 top = None

@@ -115,8 +115,10 @@ def build_demo(
                    analytics_enabled=False) as app:
         gr.Markdown(INTRO.format(labels=labels, arch=meta.get("arch", "convolutional network"),
                                  accuracy=accuracy_sentence(meta)))
-        for tab in TABS:
-            tab.build(ctx, bind)
+        with gr.Tabs():  # only tabs inside: any other block would split the tab bar in two
+            for tab in TABS:
+                tab.build(ctx, bind)
+        classify.api(ctx)  # the endpoints without a button of their own
     ctx.lane.app = app
     # One queue for the app, whose size only bounds memory: the heavy lane's admission keeps
     # its own line short (demo.lanes), so a flood of heavy jobs never fills it for Classify.

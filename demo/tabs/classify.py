@@ -72,6 +72,10 @@ def build(ctx: Ctx, bind) -> None:
         # Removing the photo removes its note (or refusal), in the browser at once.
         photo.clear(None, None, caveat, js="() => ''", api_visibility="private", queue=False)
 
+
+def api(ctx: Ctx) -> None:
+    """The ``/classify`` and ``/assess`` endpoints (outside the tabs: a gr.Tabs holds only tabs)."""
+
     # gr.api reads the endpoint's signature from its type hints: plain functions, not partials.
     def classify(image: FileData) -> dict:
         """The top-3 labels of a photo, as gr.Label's value: {"label", "confidences"}."""

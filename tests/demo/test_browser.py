@@ -110,3 +110,28 @@ def test_fool_tab_refuses_a_broken_file_in_place(page, hostile, photos):
     page.wait_for_timeout(1500)
     assert page.get_by_text(word).count() == 1 and page.get_by_test_id("toast-body").count() == 0
     assert page.locator("#petlens-fool-before").get_by_test_id("label-output-value").count() == 0
+
+
+@pytest.mark.parametrize("width,height", [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+def test_one_tab_bar_with_every_tab_on_screen_and_the_photo_box_on_the_first_screen(browser, demo_url, width, height):
+    """The page has one row of tabs, all four names on screen at desktop and phone size (none
+    behind an overflow menu), and each photo tab's upload box starts within the first screen."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(demo_url, wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Classify").wait_for()
+        names = ["Classify", "Fool me", "Ideal", "Inside"]
+        for name in names:
+            page.get_by_role("tab", name=name).click()
+            page.wait_for_timeout(300)
+            bar = page.get_by_role("tab")
+            assert bar.count() == len(names), [bar.nth(i).inner_text() for i in range(bar.count())]
+            assert all(page.get_by_role("tab", name=n).is_visible() for n in names)
+            assert not page.get_by_label("More tabs").is_visible()
+            if name != "Ideal":  # the Ideal tab has no photo to upload
+                drop = page.locator("[role=tabpanel]:visible input[type=file]").first
+                box = drop.locator("xpath=..").bounding_box()
+                assert box is not None and 0 <= box["y"] < height, (name, box)
+    finally:
+        page.close()
