@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from benchmarks import add_record, record
 from training.adversarial import fool, reshare
 from training.cli import UsageError, resolve_device, run
 from training.fool import parse_eps
@@ -67,7 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="where the attacks and ideal images run (the ONNX judge stays on onnxruntime's default; default: auto)")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
     parser.add_argument("--json", action="store_true", help="also print every figure as one JSON line")
-    return parser
+    return add_record(parser)
 
 
 def _png(image: Image.Image) -> Image.Image:
@@ -277,6 +278,7 @@ def main(args: argparse.Namespace) -> int:
         if args.readme_assets:
             written = readme_assets(model, labels, classifier, Path(args.readme_assets), target=args.target, steps=args.ideal_steps)
             print("\nwrote " + ", ".join(str(p) for p in written))
+    record("attacks", report, args)
     if args.json:
         print(json.dumps(report))
     return 0

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from benchmarks import add_record, record
 from bot import config
 from bot.handlers import Handlers
 
@@ -211,7 +212,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of photos to send (default: generated 640×480 PNGs)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
-    return parser
+    return add_record(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -225,6 +226,7 @@ def main(args: argparse.Namespace) -> int:
         report, violations = asyncio.run(run_emulated(handlers, photos, args.interactions, rate=args.rate))
     finally:
         handlers.close()
+    record("bot_load", {**report, "violations": len(violations)}, args)
     if args.json:
         print(json.dumps(report))
     else:

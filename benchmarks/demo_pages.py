@@ -17,6 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from benchmarks import add_record, record
+
 TABS = ["Classify", "Fool me", "Ideal", "Inside"]
 VIEWPORTS = {"desktop": (1280, 900), "phone": (390, 844)}  # a common phone's CSS pixels
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="a running demo (default: start one on the shipped model)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/demo"), help="folder for the screenshots")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of a table")
-    args = parser.parse_args(argv)
+    args = add_record(parser).parse_args(argv)
     chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
     if chromium is None:
         print("error: no Chromium found (Debian: apt-get install chromium)", file=sys.stderr)
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if app is not None:
             app.close()
+    record("demo_pages", rows, args)
     if args.json:
         print(json.dumps(rows))
     else:

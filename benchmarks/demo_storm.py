@@ -22,6 +22,8 @@ import statistics
 import sys
 import time
 
+from benchmarks import add_record
+from benchmarks import record as record_figures
 from benchmarks.bot_load import generated_photo
 from training.cli import make_parser, positive, run
 
@@ -41,7 +43,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--target", default=OTHER,
                    help=f"the fool-me target both clients ask for (default {OTHER!r}; an older demo needs a label, e.g. dog)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
-    return p
+    return add_record(p)
 
 
 def _call(http, url: str, api: str, data: list, headers: dict):
@@ -119,6 +121,7 @@ def main(args: argparse.Namespace) -> int:
     import resource
 
     record["rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1) if app is not None else None
+    record_figures("demo_storm", record, args)
     print(json.dumps(record) if args.json else json.dumps(record, indent=2), flush=True)
     return 0
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from benchmarks import add_record, record
 from benchmarks.inference import cpu_summary
 from training.cli import UsageError, add_json, add_model, make_parser, positive, run
 
@@ -59,7 +60,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-size", type=positive(int), default=8, help="the Triton model's max_batch_size (default: %(default)s)")
     parser.add_argument("--url", help="a Triton server already serving petlens_fool for this checkpoint (default: start one)")
     add_json(parser, help="also print the figures as one JSON line")
-    return parser
+    return add_record(parser)
 
 
 def generated_photo(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -172,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
               "eps": round(args.eps, 6), "workers": args.workers, "threads": args.threads, "instances": instances, "server": where, "runs": runs}
     print(f"# {report['cpu']}; {checkpoint}; photos {photos[0].width}x{photos[0].height}; steps <= {args.steps}; "
           f"in-process: {args.workers} workers x {max(1, args.threads // args.workers)} torch threads; Triton: {where}")
+    record("heavy_jobs", report, args)
     if args.json:
         print(json.dumps(report))
     return 0

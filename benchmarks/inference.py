@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import add_record, record
 from training.cli import UsageError, add_device, add_model, make_parser, positive, resolve_device, run
 
 STAT = {"median": np.median, "min": np.min}
@@ -102,7 +103,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--sweep-int8", action="store_true", help="also quantize --onnx with several settings and time each (needs --calibration)")
     parser.add_argument("--calibration", type=Path, help="photos for --sweep-int8 calibration (e.g. a dataset's train/ folder)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
-    return parser
+    return add_record(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -198,6 +199,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"# torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {args.model.name}")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    record("inference", {k: round(v, 6) for k, v in figures.items()}, args)
     if args.json:
         print(json.dumps({k: round(v, 6) for k, v in figures.items()}))
     return 0

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import add_record, record
 from training.ood import (
     MAX_BANK,
     REFERENCE_KEYS,
@@ -279,7 +280,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="also the breed-shift proxy: leave each of K visual clusters of the training photos "
                              "out of the bank and report how many of its photos are still accepted (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the full result as one JSON line")
-    return parser
+    return add_record(parser)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -316,6 +317,7 @@ def main(args: argparse.Namespace) -> dict:
         if args.holdout_clusters:
             result["held_out_clusters"] = held_out_clusters(tr, ytr, va, od, labels, args.holdout_clusters,
                                                             args.target_tpr, args.bootstrap, refuse_tpr=args.refuse_tpr)
+    record("ood", result, args)
     if args.json:
         print(json.dumps(result))
         return result

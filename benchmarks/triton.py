@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import add_record, record
 from benchmarks.inference import cpu_summary, interleaved
 from training.cli import UsageError, add_json, add_model, make_parser, positive, run
 
@@ -39,7 +40,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=positive(int), default=2, help="onnxruntime threads, local and in the server (default: %(default)s)")
     parser.add_argument("--repeat", type=positive(int), default=30, help="timed runs at batch 1; batch 32 uses a third (default: %(default)s)")
     add_json(parser, help="also print the figures as one JSON line")
-    return parser
+    return add_record(parser)
 
 
 def measure(local, remote, repeat: int) -> dict[str, float]:
@@ -87,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"batch 32: local onnxruntime {figures['local_b32_ms']:7.1f} ms | Triton {figures['triton_b32_ms']:7.1f} ms "
           f"(+{figures['triton_b32_ms'] - figures['local_b32_ms']:.1f} ms)")
     print(f"largest probability difference: {figures['max_abs_diff']:.1e}")
+    record("triton", {k: round(v, 6) for k, v in figures.items()}, args)
     if args.json:
         print(json.dumps({k: round(v, 6) for k, v in figures.items()}))
     return 0
