@@ -157,3 +157,39 @@ def test_the_same_fool_me_sentences_through_the_bot_and_the_demo(service, tiny_o
     ctx = Ctx(service, Uploads(tmp_path), [], {}, {}, {})
     *_, summary, _download = fool_me(str(tmp_path / "rex.png"), None, 2, ctx=ctx, progress=lambda *a, **k: None)
     assert expected in reply.text and expected in summary
+
+
+def test_classify_gives_the_same_answer_on_discord_and_on_the_page(tiny_ood_onnx, tiny_ood_checkpoint, tmp_path):
+    """The same photo, through the bot's /classify and the demo's Classify tab: the same
+    headline, the same bars and the same caveat, for a pet and for things that are not."""
+    from bot.config import BOT_LIMITS, Settings
+    from bot.handlers import Handlers, Upload
+    from demo.tabs.classify import classify_page
+    from service import Service
+    from tests.conftest import shifted_photo
+    from tests.demo.conftest import make_ctx
+
+    service = Service.load(tiny_ood_onnx, tiny_ood_checkpoint)
+    photos = {"dog": synthetic_photo("dog", 8), "noise": shifted_photo("noise", 1), "stripes": shifted_photo("stripes", 2)}
+    handlers = Handlers(Settings(model=tiny_ood_onnx, checkpoint=tiny_ood_checkpoint, limits=BOT_LIMITS, cooldown_s=0.0,
+                                 classify_cooldown_s=0.0))
+    ctx = make_ctx(service, tmp_path)
+    verdicts = set()
+    try:
+        for name, img in photos.items():
+            path = tmp_path / f"{name}.png"
+            img.save(path)
+            found = service.classify(service.photo(path))
+            verdicts.add(found.verdict)
+            reply = asyncio.run(handlers.classify(Upload.from_path(path), user=name))
+            label, _photo, note = classify_page(str(path), ctx=ctx)
+            assert reply.title == label["label"] == found.headline(), name
+            assert [c["label"] for c in label["confidences"]] == [lab for lab, _ in found.top]
+            assert all(f"{lab}" in reply.text for lab, _ in found.top)
+            if found.caveat():
+                assert found.caveat() in reply.text and found.caveat() in note, name
+            else:
+                assert note == "", name
+    finally:
+        handlers.close()
+    assert "pet" in verdicts and verdicts & {"unsure", "not_pet"}, verdicts  # both kinds of answer were compared
