@@ -128,7 +128,7 @@ def top_k_text(ranked: list[tuple[str, float]]) -> str:
 def classify_reply(found: Classified) -> Reply:
     """/classify's answer: the headline, the caveat when there is one, and the bars (the
     closest guess stays part of the lesson: a cats-vs-dogs network calls a car a cat or a dog)."""
-    text = "\n".join(part for part in (found.caveat(), top_k_text(found.top)) if part)
+    text = "\n".join(part for part in (found.breed_sentence(), found.caveat(), top_k_text(found.top)) if part)
     return Reply(True, text, title=found.headline())
 
 

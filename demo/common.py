@@ -94,9 +94,12 @@ def refusal(exc: gr.Error) -> str:
 
 
 def note(found: Classified) -> str:
-    """The caveat under a label, with a symbol every browser font has; "" for a pet."""
+    """What goes under a label: the breed sentence for a pet, or the caveat with a symbol every
+    browser font has; "" for a pet of a model without breeds."""
     caveat = found.caveat()
-    return "" if not caveat else ("ℹ️ " if found.verdict == "unsure" else "⚠️ ") + caveat
+    if not caveat:
+        return found.breed_sentence()
+    return ("ℹ️ " if found.verdict == "unsure" else "⚠️ ") + caveat
 
 
 def save_png(image: Image.Image, name: str) -> str:

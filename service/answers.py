@@ -80,6 +80,7 @@ class Classified:
     score: float | None = None
     threshold: float | None = None
     refuse_threshold: float | None = None
+    breeds: tuple[tuple[str, float], ...] = ()  # top breeds of the answered species (Oxford folder names)
 
     @classmethod
     def of(cls, found) -> Classified:
@@ -108,6 +109,16 @@ class Classified:
             return f"Not {describe_labels(self.labels)}?"
         return a(self.label)[0].upper() + a(self.label)[1:]
 
+    def breed_sentence(self) -> str:
+        """"A dog, most like a Yorkshire terrier (81%), or a Havanese (9%)." for a pet with
+        breed answers (at most three, those at 1% or more); "" otherwise: no breed is claimed
+        for a photo the network is unsure of, or one that is not a pet."""
+        shown = [(b, p) for b, p in self.breeds[:3] if p >= 0.01]
+        if self.verdict not in (None, PET) or not shown:
+            return ""
+        likes = ", or ".join(f"{a(breed_name(b))} ({p:.0%})" for b, p in shown)
+        return f"{self.headline()}, most like {likes}."
+
     def message(self) -> str | None:
         """The caveat in one plain sentence, or None for a pet (or a model without a verdict)."""
         if self.verdict == UNSURE:
@@ -129,10 +140,28 @@ class Classified:
 
     def as_dict(self) -> dict:
         """The ``/assess`` wire format: ``{"top", "is_pet", "verdict", "score", "threshold",
-        "refuse_threshold", "message"}``."""
+        "refuse_threshold", "message", "breeds", "breed_sentence"}`` (no breed unless a pet)."""
         return {"top": [[label, prob] for label, prob in self.top], "is_pet": self.is_pet, "verdict": self.verdict,
                 "score": self.score, "threshold": self.threshold, "refuse_threshold": self.refuse_threshold,
-                "message": self.message()}
+                "message": self.message(),
+                "breeds": [[b, p] for b, p in self.breeds] if self.breed_sentence() else [],
+                "breed_sentence": self.breed_sentence() or None}
+
+
+# Oxford-IIIT Pet folder names are lower case for dogs and hyphen-free; these words are proper
+# nouns in English breed names ("an English setter", "a Shiba Inu").
+PROPER = {"american", "english", "german", "great", "pyrenees", "japanese", "saint", "bernard", "scottish", "shiba",
+          "inu", "staffordshire", "yorkshire", "newfoundland", "pomeranian", "chihuahua", "havanese", "keeshond",
+          "leonberger", "samoyed"}
+BREED_NAMES = {"german_shorthaired": "German shorthaired pointer"}
+
+
+def breed_name(folder: str) -> str:
+    """``"yorkshire_terrier"`` -> ``"Yorkshire terrier"``, ``"British_Shorthair"`` -> ``"British Shorthair"``."""
+    if folder in BREED_NAMES:
+        return BREED_NAMES[folder]
+    words = folder.replace("_", " ").split()
+    return " ".join(w.capitalize() if w.lower() in PROPER else w for w in words)
 
 
 def _names(labels: Sequence[str]) -> str:

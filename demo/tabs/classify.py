@@ -48,7 +48,8 @@ def classify_api(image: FileData, *, ctx: Ctx) -> dict:
 
 def assess_api(image: FileData, *, ctx: Ctx) -> dict:
     """Top-3 labels and whether the photo looks like a pet at all: {"top", "is_pet", "verdict",
-    "score", "threshold", "refuse_threshold", "message"} (verdict "pet", "unsure" or "not_pet")."""
+    "score", "threshold", "refuse_threshold", "message", "breeds", "breed_sentence"} (verdict "pet", "unsure"
+    or "not_pet"; breeds only for a pet, of its species)."""
     return ctx.run(ctx.service.classify, ctx.photo(image)).as_dict()
 
 
@@ -83,7 +84,8 @@ def api(ctx: Ctx) -> None:
 
     def assess(image: FileData) -> dict:
         """Top-3 labels and whether the photo looks like a pet at all: {"top", "is_pet", "verdict",
-        "score", "threshold", "refuse_threshold", "message"} (verdict "pet", "unsure" or "not_pet")."""
+        "score", "threshold", "refuse_threshold", "message", "breeds", "breed_sentence"} (verdict "pet", "unsure"
+    or "not_pet"; breeds only for a pet, of its species)."""
         return assess_api(image, ctx=ctx)
 
     gr.api(classify, api_name="classify", **ctx.light)

@@ -189,7 +189,25 @@ def test_classify_gives_the_same_answer_on_discord_and_on_the_page(tiny_ood_onnx
             if found.caveat():
                 assert found.caveat() in reply.text and found.caveat() in note, name
             else:
-                assert note == "", name
+                assert note == found.breed_sentence(), name  # "" for a model without breeds
     finally:
         handlers.close()
     assert "pet" in verdicts and verdicts & {"unsure", "not_pet"}, verdicts  # both kinds of answer were compared
+
+
+def test_a_breed_only_for_a_pet_and_only_in_plain_english():
+    """The breed sentence of issue 21, from the service's words: the answered species' top
+    breeds, never a breed when the network is unsure or the photo is not a pet."""
+    from service.answers import Classified, breed_name
+
+    dog = Classified([("dog", 0.97), ("cat", 0.03)], "pet", ("cat", "dog"),
+                     breeds=(("yorkshire_terrier", 0.81), ("havanese", 0.09), ("pug", 0.004)))
+    assert dog.breed_sentence() == "A dog, most like a Yorkshire terrier (81%), or a Havanese (9%)."
+    assert dog.as_dict()["breed_sentence"] == dog.breed_sentence()
+    cat = Classified([("cat", 0.9), ("dog", 0.1)], None, ("cat", "dog"), breeds=(("Egyptian_Mau", 0.6), ("Abyssinian", 0.3)))
+    assert cat.breed_sentence() == "A cat, most like an Egyptian Mau (60%), or an Abyssinian (30%)."
+    for verdict in ("unsure", "not_pet"):
+        unsure = Classified([("dog", 0.9), ("cat", 0.1)], verdict, ("cat", "dog"), breeds=(("pug", 0.9),))
+        assert unsure.breed_sentence() == "" and unsure.as_dict()["breeds"] == []
+    assert [breed_name(b) for b in ("german_shorthaired", "British_Shorthair", "shiba_inu", "saint_bernard")] == [
+        "German shorthaired pointer", "British Shorthair", "Shiba Inu", "Saint Bernard"]
