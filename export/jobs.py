@@ -238,13 +238,14 @@ def _each(requests: list[JobRequest], one) -> list[Outcome]:
 
 def _run_ideal(model, labels, limits: JobLimits, requests: list[JobRequest]) -> list[Outcome]:
     from training.ideal import ideal_image, label_probability
+    from training.model import input_size
     from training.optvis import DEFAULT_STEPS
 
     def one(r: JobRequest) -> dict[str, bytes]:
         start, o = time.perf_counter(), r.options
         label = r.data.decode("utf-8", "replace")
         steps = _number(o, "steps", int, min(DEFAULT_STEPS, limits.max_steps), 1, limits.max_steps, "petlens.max_steps")
-        size = _number(o, "size", int, int(getattr(model, "image_size", 224)), 32, limits.max_size, "petlens.max_size")
+        size = _number(o, "size", int, input_size(model), 32, limits.max_size, "petlens.max_size")
         seed = _number(o, "seed", int, 0, 0, 2**31 - 1)
         tv = None if o.get("tv_weight") is None else _number(o, "tv_weight", float, 0.0, 0.0, 1e6)
 

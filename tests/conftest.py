@@ -156,6 +156,58 @@ def tiny_ood_onnx(tmp_path_factory, tiny_ood_checkpoint, synthetic_data) -> Path
     return path
 
 
+# Four Oxford-IIIT Pet breed names (two cats, two dogs), so the trainer's default
+# --breed-species oxford maps them; the photos are synthetic_photo's cats and dogs.
+BREEDS = ["Abyssinian", "Bengal", "beagle", "pug"]
+BREED_SPECIES = ["cat", "cat", "dog", "dog"]
+
+
+def breed_photo(breed: str, seed: int, size: tuple[int, int] = (160, 128)) -> Image.Image:
+    """A learnable stand-in for a breed photo: its species' ``synthetic_photo``, and for the
+    second breed of each species (Bengal, pug) a black bar across the top."""
+    species = BREED_SPECIES[BREEDS.index(breed)]
+    img = synthetic_photo(species, 7919 * BREEDS.index(breed) + seed, size)
+    if breed in ("Bengal", "pug"):
+        ImageDraw.Draw(img).rectangle((0, 0, img.width, img.height // 8), fill=(0, 0, 0))
+    return img
+
+
+@pytest.fixture(scope="session")
+def breeds_data(tmp_path_factory) -> Path:
+    """An ImageFolder root of ``BREEDS`` with ``train/`` (12 per breed) and ``val/`` (6 per breed)."""
+    root = tmp_path_factory.mktemp("breeds")
+    for split, n, seed0 in (("train", 12, 0), ("val", 6, 1000)):
+        for breed in BREEDS:
+            (root / split / breed).mkdir(parents=True)
+            for i in range(n):
+                breed_photo(breed, seed0 + i).save(root / split / breed / f"{breed}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_breeds_run(tmp_path_factory, synthetic_data, breeds_data) -> tuple[Path, dict]:
+    """``python -m training --breeds`` on the synthetic photos (head mode, random
+    mobilenet_v3_small trunk): ``(run folder, metrics)``; its model.pt has both heads and
+    "is it a pet?" statistics."""
+    from training.__main__ import get_args_parser, main
+
+    out = tmp_path_factory.mktemp("breeds_run")
+    argv = ["--data", synthetic_data, "--breeds", breeds_data, "--out", out, "--mode", "head", "--epochs", "15",
+            "--arch", "mobilenet_v3_small", "--weights", "none", "--workers", "0", "--batch-size", "16"]
+    return out, main(get_args_parser().parse_args([str(a) for a in argv]))
+
+
+@pytest.fixture(scope="session")
+def tiny_breeds_onnx(tmp_path_factory, tiny_breeds_run, synthetic_data) -> Path:
+    """``tiny_breeds_run``'s checkpoint exported: ``logits``, ``probabilities``, ``ood_score``,
+    ``breed_probabilities``; metadata ``breeds`` and ``breed_species``."""
+    from export.convert import export_onnx
+
+    path = tmp_path_factory.mktemp("tiny_breeds_onnx") / "tiny-breeds.onnx"
+    export_onnx(tiny_breeds_run[0] / "model.pt", path, verify_images=synthetic_data / "val", n_verify=8)
+    return path
+
+
 SHIFTED_KINDS = ("noise", "stripes", "triangle")
 
 

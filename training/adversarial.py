@@ -35,6 +35,7 @@ from PIL import Image
 
 from .images import load_image
 from .jpeg import jpeg
+from .model import PetClassifier, input_size
 from .ood import ClassifierWithOOD, OODScorer
 from .presets import CROP_SIZE, crop_box, preprocess, resize_size_for
 from .verdict import verdict
@@ -348,7 +349,7 @@ class _WholeVerdict(torch.nn.Module):
 
 def _scorer(model: torch.nn.Module, ood) -> OODScorer | None:
     if ood == "auto":
-        state = getattr(model, "ood_state", None)
+        state = model.ood_state if isinstance(model, PetClassifier) else None
         return None if state is None else OODScorer(state)
     return ood
 
@@ -388,8 +389,9 @@ def fool(
     differs from it by at most ``floor(eps·255)`` grey levels. The perturbation is
     optimized through the classifier's own resize + center crop, and success is checked
     on the rounded 8-bit image through the real preprocessing; if rounding breaks it, the
-    attack keeps going. ``ood``: the "is it a pet?" scorer (``"auto"``: the statistics
-    :func:`training.load_checkpoint` attached to ``model``; ``None``: label only); with one,
+    attack keeps going. ``ood``: the "is it a pet?" scorer (``"auto"``: the model's own
+    statistics, ``PetClassifier.ood_state`` as :func:`training.load_checkpoint` rebuilds it, or
+    ``LoadedCheckpoint.ood_scorer()`` passed explicitly; ``None``: label only); with one,
     the OOD score is part of the objective (:class:`_WholeVerdict`) and success needs it at
     or under the threshold, as ``/classify`` judges. ``robust=True`` optimizes over JPEG
     re-encoding and downscaling as well and only stops when the photo also passes after
@@ -497,7 +499,7 @@ class _Judge:
         device = next(model.parameters()).device
         net = None if scorer is None else ClassifierWithOOD(model, scorer).to(device).eval()
         return cls(model, list(labels), scorer, net, margin, ("png", "jpeg", "half") if robust else ("png",),
-                   int(getattr(model, "image_size", CROP_SIZE)))
+                   input_size(model))
 
     @property
     def attacked(self) -> torch.nn.Module:

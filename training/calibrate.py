@@ -4,7 +4,7 @@
 checkpoint that already exists (trained before OOD statistics existed, or to recalibrate
 on other photos)::
 
-    python -m training.calibrate --checkpoint RUN/model.pt --data DIR \\
+    python -m training.calibrate --checkpoint RUN/model.pt --data DIR [--breeds DIR] \\
         [--weights imagenet|PATH] [--target-tpr 0.95] [--refuse-tpr 0.98]
 
 The features are pooled penultimate features under the *eval* preprocessing (never
@@ -28,16 +28,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
+from .breeds import bank_groups, two_head_samples
+from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import UsageError, add_model, fraction, make_parser, out_file, positive, run
 from .data import DatasetError, ImageDataset, Sample, find_dataset
 from .engine import extract_features
 from .model import build_model
-from .ood import REFUSE_TPR, TARGET_TPR, ScoreFeatures, fit_ood, ood_summary, reference_state
+from .ood import MAX_BANK, REFUSE_TPR, TARGET_TPR, ScoreFeatures, balanced_subset, fit_ood, ood_summary, reference_state
 from .presets import EvalPreset
 
 
@@ -62,17 +59,24 @@ def embed_samples(model, samples: Sequence[Sample], *, batch_size: int = 32, wor
 
 def fit_model_ood(model, train: Sequence[Sample], val: Sequence[Sample], *, target_tpr: float = TARGET_TPR,
                   refuse_tpr: float | None = REFUSE_TPR, batch_size: int = 32, workers: int = 0,
-                  pretrained: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Embed ``train`` and ``val`` and fit :func:`training.ood.fit_ood`.
+                  pretrained: dict[str, torch.Tensor] | None = None, max_bank: int = MAX_BANK,
+                  seed: int = 0) -> dict[str, Any]:
+    """Embed ``train`` and ``val`` and fit :func:`training.ood.fit_ood` (kNN).
 
+    ``train``'s labels are the groups the bank of at most ``max_bank`` photos is balanced over
+    (the classes, or finer groups such as breeds); only the photos the bank keeps are embedded.
     ``pretrained``: the backbone's state dict before fine-tuning (``model.trunk`` keys); the
     blocks fine-tuning changed are then scored with their pretrained weights."""
     if not train or not val:
         raise DatasetError("OOD calibration needs both training and validation photos")
     reference = reference_state(model.trunk, pretrained) if pretrained is not None else {}
+    # The bank is a seeded, balanced draw by label alone: draw it first, embed only it.
+    keep = balanced_subset(torch.tensor([y for _, y in train]), max_bank, seed)
+    train = [train[i] for i in keep.tolist()]
     train_f, train_y = embed_samples(model, train, batch_size=batch_size, workers=workers, reference=reference)
     val_f, _ = embed_samples(model, val, batch_size=batch_size, workers=workers, reference=reference)
-    return fit_ood(train_f, train_y, val_f, target_tpr=target_tpr, refuse_tpr=refuse_tpr) | reference
+    return fit_ood(train_f, train_y, val_f, target_tpr=target_tpr, refuse_tpr=refuse_tpr, max_bank=max_bank,
+                   seed=seed) | reference
 
 
 def pretrained_trunk_state(arch: str, num_classes: int, weights: str | Path) -> dict[str, torch.Tensor]:
@@ -87,6 +91,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                     add_help=add_help)
     add_model(p, aliases=("--checkpoint",), help="checkpoint (.pt) from `python -m training`; updated in place unless --out")
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="the dataset it was trained on (same layouts as `python -m training`)")
+    p.add_argument("--breeds", type=Path, default=None, metavar="DIR",
+                   help="a model with breeds: the breed photos it was trained on (its --breeds); the bank then covers "
+                        "every breed. The thresholds are placed on --data's val photos alone, as the trainer does")
     p.add_argument("--out", type=Path, default=None, help="write the calibrated checkpoint here instead")
     p.add_argument("--weights", default=None, metavar="imagenet|PATH",
                    help="the weights the model was fine-tuned from (as given to `python -m training`): the "
@@ -107,21 +114,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.out is not None:  # before minutes of feature extraction, not after
         out_file(args.out, suffixes=(".pt",), example=Path(args.model).name)
-    ckpt = read_checkpoint(args.model)
-    model, labels = load_checkpoint(args.model)
+    loaded = load_checkpoint(args.model)
+    model, labels = loaded
     splits = find_dataset(args.data, val_fraction=args.val_fraction, seed=args.seed)
     if splits.labels != labels:
         raise DatasetError(f"{args.data} has classes {splits.labels}, the checkpoint was trained on {labels}")
+    bank = splits.train
+    if args.breeds is not None:
+        if not loaded.breeds:
+            raise UsageError(f"--breeds: {args.model} has no breed head")
+        breeds = find_dataset(args.breeds, val_fraction=args.val_fraction, seed=args.seed)
+        if breeds.labels != loaded.breeds:
+            raise DatasetError(f"{args.breeds} has breeds {', '.join(breeds.labels[:5])}..., not the checkpoint's")
+        train, _ = two_head_samples(splits, breeds, loaded.breed_species)
+        bank = bank_groups(train, len(loaded.breeds))
     pretrained = None
     if args.weights is not None:
-        pretrained = pretrained_trunk_state(ckpt["config"]["arch"], len(labels), args.weights)
+        pretrained = pretrained_trunk_state(loaded.config["arch"], len(labels), args.weights)
     if args.refuse_tpr < args.target_tpr:
         raise UsageError(f"--refuse-tpr ({args.refuse_tpr}) must be at least --target-tpr ({args.target_tpr})")
-    state = fit_model_ood(model, splits.train, splits.val, target_tpr=args.target_tpr, refuse_tpr=args.refuse_tpr,
+    state = fit_model_ood(model, bank, splits.val, target_tpr=args.target_tpr, refuse_tpr=args.refuse_tpr,
                           batch_size=args.batch_size, workers=args.workers, pretrained=pretrained)
-    extra = dict(ckpt.get("extra") or {}, ood=state)
-    save_checkpoint(args.out or args.model, model, labels, image_size=ckpt["config"].get("image_size", 224),
-                    metrics=ckpt.get("metrics"), extra=extra)
+    extra = dict(loaded.extra, ood=state)
+    save_checkpoint(args.out or args.model, model, labels, image_size=loaded.image_size, metrics=loaded.metrics,
+                    extra=extra, breeds=loaded.breeds, breed_species=loaded.breed_species)
     summary = ood_summary(state)
     if summary.get("reference_from") == 0:  # not an error: --unfreeze all changes every block
         print("note: every backbone block differs from --weights; fine if the model was trained with "

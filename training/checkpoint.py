@@ -3,21 +3,29 @@
 Layout (a plain dict of tensors and primitives, loadable with ``weights_only=True``)::
 
     {"format": "petlens-checkpoint/1",
-     "config": {"arch", "num_classes", "labels", "image_size", "dropout"},
+     "config": {"arch", "num_classes", "labels", "image_size", "dropout",
+                "padding",                 # "torch" or "tf" (absent in older files: "torch")
+                "breeds", "breed_species"}, # the breed head's classes and each one's label
+                                            # (absent or [] for a model without breeds)
      "state_dict": {...},
      "metrics": {...},          # whatever the trainer measured (val accuracy, ...)
      "extra": {...}}            # optional add-ons, e.g. "ood" statistics
+
+:func:`load_checkpoint` returns a :class:`LoadedCheckpoint`, which unpacks as
+``model, labels = load_checkpoint(path)``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .model import ARCHS, PetClassifier, build_model
+from .model import ARCHS, PADDINGS, PetClassifier, build_model
 from .sniff import file_kind
 
 FORMAT = "petlens-checkpoint/1"
@@ -27,18 +35,42 @@ class CheckpointError(ValueError):
     """A file that is not a usable checkpoint of this project."""
 
 
+class BreedsError(ValueError):
+    """Breeds that do not fit the model or its labels."""
+
+
+def check_breeds(breeds: Sequence[str], breed_species: Sequence[str], labels: Sequence[str]) -> None:
+    """Every breed named once and mapped to one of ``labels`` (the species)."""
+    if len(breed_species) != len(breeds):
+        raise BreedsError(f"{len(breeds)} breeds but {len(breed_species)} species for them")
+    if len(set(breeds)) != len(breeds):
+        raise BreedsError("a breed is named twice")
+    unknown = sorted({s for s in breed_species if s not in labels})
+    if unknown:
+        raise BreedsError(f"breeds mapped to {', '.join(unknown)}, which is not a label of the model ({', '.join(labels)})")
+
+
 def save_checkpoint(
     path: str | Path,
     model: PetClassifier,
     labels: list[str],
     *,
-    image_size: int = 224,
+    image_size: int | None = None,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    breeds: Sequence[str] = (),
+    breed_species: Sequence[str] = (),
 ) -> Path:
-    """Write ``model`` + its config atomically (a crash never leaves half a file)."""
+    """Write ``model`` + its config atomically (a crash never leaves half a file).
+
+    ``breeds``: the classes of the model's breed head, in its order, and ``breed_species``
+    the label (species) each belongs to; both empty for a model without a breed head.
+    ``image_size``: default the model's own."""
     model = getattr(model, "module", model)  # unwrap DDP
     path = Path(path)
+    if len(breeds) != model.num_breeds:
+        raise BreedsError(f"the model's breed head has {model.num_breeds} classes, but {len(breeds)} breeds were given")
+    check_breeds(breeds, breed_species, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     dropout = next((m.p for m in model.head if isinstance(m, torch.nn.Dropout)), 0.0)
     payload = {
@@ -47,8 +79,11 @@ def save_checkpoint(
             "arch": model.arch,
             "num_classes": len(labels),
             "labels": list(labels),
-            "image_size": int(image_size),
+            "image_size": int(image_size or model.image_size),
             "dropout": float(dropout),
+            "padding": model.padding,
+            "breeds": list(breeds),
+            "breed_species": list(breed_species),
         },
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metrics": metrics or {},
@@ -111,22 +146,69 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[PetClassifier, list[str]]:
-    """Rebuild the model from ``path`` alone; returns ``(model in eval mode, labels)``."""
+@dataclass(frozen=True, eq=False)
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` rebuilt from one file. Unpacks as ``model, labels``.
+
+    ``breeds``: the breed head's classes (empty: the model has none), ``breed_species``: the
+    label each breed belongs to; ``ood_state``: the "is it a pet?" statistics (None: not
+    calibrated); ``config``/``metrics``/``extra``: the file's dicts as written."""
+
+    model: PetClassifier
+    labels: list[str]
+    breeds: list[str] = field(default_factory=list)
+    breed_species: list[str] = field(default_factory=list)
+    image_size: int = 224
+    ood_state: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:  # model, labels = load_checkpoint(path)
+        return iter((self.model, self.labels))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.model, self.labels)[index]
+
+    def ood_scorer(self) -> torch.nn.Module | None:
+        """The "is it a pet?" scorer of these statistics (a :class:`training.ood.OODScorer`), or
+        None without them."""
+        from .ood import ood_scorer_from_checkpoint
+
+        return ood_scorer_from_checkpoint({"extra": self.extra})
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model from ``path`` alone (in eval mode, on ``device``); see
+    :class:`LoadedCheckpoint` (``model, labels = load_checkpoint(path)`` works)."""
     ckpt = read_checkpoint(path)
     cfg = ckpt["config"]
     if cfg["arch"] not in ARCHS:
         raise CheckpointError(f"{path} was made for architecture {cfg['arch']!r}, which this version does not "
                               f"know (it knows {', '.join(ARCHS)})")
-    model = build_model(cfg["arch"], cfg["num_classes"], weights="none", dropout=cfg.get("dropout", 0.2))
+    padding = cfg.get("padding", "torch")
+    if padding not in PADDINGS:
+        raise CheckpointError(f"{path} asks for padding {padding!r}, which this version does not know")
+    breeds, breed_species = list(cfg.get("breeds") or []), list(cfg.get("breed_species") or [])
+    try:
+        check_breeds(breeds, breed_species, cfg["labels"])
+    except BreedsError as exc:
+        raise CheckpointError(f"{path}: its breeds do not fit its labels ({exc}); the file is damaged or was edited") from exc
+    image_size = int(cfg.get("image_size", 224))
+    model = build_model(cfg["arch"], cfg["num_classes"], weights="none", dropout=cfg.get("dropout", 0.2),
+                        num_breeds=len(breeds), image_size=image_size, padding=padding)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:  # torch's list of every mismatched key is in the chain
+        with_breeds = f", {len(breeds)} breeds" if breeds else ""
         raise CheckpointError(f"{path}: its weights do not fit its config ({cfg['arch']}, {cfg['num_classes']} "
-                              "classes); the file is damaged or was edited") from exc
-    model.image_size = cfg.get("image_size", 224)
-    # The "is it a pet?" statistics (training.ood), a plain dict: not a submodule, so the
-    # model's state_dict stays the classifier's. fool() reads it to fool the whole verdict.
-    model.ood_state = (ckpt.get("extra") or {}).get("ood")
+                              f"classes{with_breeds}); the file is damaged or was edited") from exc
+    extra = dict(ckpt.get("extra") or {})
+    # fool() reads the statistics from the model (the service hands it a bare model).
+    model.ood_state = extra.get("ood")
     model.to(device).eval()
-    return model, list(cfg["labels"])
+    return LoadedCheckpoint(model, list(cfg["labels"]), breeds, breed_species, image_size, model.ood_state,
+                            dict(cfg), dict(ckpt.get("metrics") or {}), extra)

@@ -233,7 +233,9 @@ def check_images(samples: Sequence[Sample], *, workers: int = 0, progress: bool 
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """``(path, label)`` samples -> ``(transform(image), label)``."""
+    """``(path, label)`` samples -> ``(transform(image), label)``; a label that is a tuple of
+    ints (``(label, breed)``, :mod:`training.breeds`) comes back as a LongTensor, so batches
+    stack to ``[N, 2]``."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], torch.Tensor]):
         self.samples = list(samples)
@@ -244,5 +246,5 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        return self.transform(decode(path)), label
+        return self.transform(decode(path)), (torch.tensor(label) if isinstance(label, tuple) else label)
 

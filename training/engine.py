@@ -3,6 +3,11 @@
 ``train_one_epoch`` and ``evaluate`` take any module and loader: the full network on
 image batches (fine-tune) or only the head on cached feature batches (head mode).
 Counts are summed across DDP ranks, so every rank returns the whole dataset's numbers.
+
+A model with a breed head trains as :class:`training.heads.BothHeads`: its output is the pair
+``(logits, breed logits)`` and each target row is ``(label, breed)``, breed ``-1`` for a photo
+without one; accuracy then means the first head's (the species), and :func:`evaluate` adds the
+breed head's figures.
 """
 
 from __future__ import annotations
@@ -107,10 +112,11 @@ def train_one_epoch(
     for x, y in bar:
         x, y = to_device(x, device), y.to(device, non_blocking=True)
         with precision.autocast():
-            logits = model(x)
-            loss = criterion(logits, y)
+            outputs = model(x)
+            loss = criterion(outputs, y)
+        logits, labels = first_head(outputs, y)
         # One host-device sync per step for the finiteness check and the running figures.
-        step_loss, step_correct = torch.stack([loss.detach().float(), (logits.argmax(1) == y).sum().float()]).tolist()
+        step_loss, step_correct = torch.stack([loss.detach().float(), (logits.argmax(1) == labels).sum().float()]).tolist()
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss became {step_loss} in epoch {epoch}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -134,6 +140,14 @@ def train_one_epoch(
     return EpochStats(loss, acc, total, seconds)
 
 
+def first_head(outputs, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first head's logits and labels: ``outputs``/``y`` themselves for a one-head model,
+    ``outputs[0]``/``y[:, 0]`` for ``(logits, breed logits)`` and ``(label, breed)`` rows."""
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0], y[:, 0]
+    return outputs, y
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -141,30 +155,62 @@ def evaluate(
     loader: Iterable,
     device: torch.device,
     num_classes: int,
+    num_breeds: int = 0,
 ) -> dict:
     """Loss, accuracy and the confusion matrix (rows = true class, columns = predicted),
     summed over all ranks. Always in float32, the precision the model is exported and served
-    in: under bf16 autocast a GPU run reported 96.5% for a model that scores 96.0% in fp32."""
+    in: under bf16 autocast a GPU run reported 96.5% for a model that scores 96.0% in fp32.
+
+    With ``num_breeds`` (a :class:`~training.heads.BothHeads` model) also, over the photos that
+    have a breed: ``breed_accuracy``, ``breed_top3``, ``breed_confusion``, ``n_breed``, and
+    ``accuracy_with_breed`` / ``accuracy_without_breed`` (the first head's, on each part)."""
     model.eval()
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    k = num_classes
+    confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    # Per row: photos with a breed get the labels k.. in a second, breed-split confusion.
+    split = torch.zeros(2 * k * k, dtype=torch.int64, device=device)
+    breeds = torch.zeros(num_breeds * num_breeds, dtype=torch.int64, device=device)
+    top3 = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
     for x, y in loader:
         x, y = to_device(x, device), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss_sum += criterion(logits.float(), y).double() * y.shape[0]
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
-    all_reduce_sum(confusion)
-    all_reduce_sum(loss_sum)
-    confusion = confusion.view(num_classes, num_classes).cpu()
+        outputs = model(x)
+        outputs = tuple(o.float() for o in outputs) if isinstance(outputs, (tuple, list)) else outputs.float()
+        logits, labels = first_head(outputs, y)
+        loss_sum += criterion(outputs, y).double() * y.shape[0]
+        confusion += torch.bincount(labels * k + logits.argmax(1), minlength=k * k)
+        if num_breeds:
+            has = y[:, 1] >= 0
+            split += torch.bincount(has.long() * k * k + labels * k + logits.argmax(1), minlength=2 * k * k)
+            b, truth = outputs[1][has], y[has, 1]
+            breeds += torch.bincount(truth * num_breeds + b.argmax(1), minlength=num_breeds**2)
+            top3 += (b.topk(min(3, num_breeds), dim=1).indices == truth[:, None]).any(1).sum()
+    for t in (confusion, loss_sum, split, breeds, top3):
+        all_reduce_sum(t)
+    confusion = confusion.view(k, k).cpu()
     n = int(confusion.sum())
-    return {
+    result = {
         "loss": loss_sum.item() / max(n, 1),
         "accuracy": confusion.trace().item() / max(n, 1),
         "n": n,
         "confusion": confusion,
         "seconds": time.perf_counter() - start,
     }
+    if num_breeds:
+        without, with_breed = split.view(2, k, k).cpu()
+        breeds = breeds.view(num_breeds, num_breeds).cpu()
+        n_breed = int(breeds.sum())
+        result.update(
+            breed_accuracy=breeds.trace().item() / max(n_breed, 1),
+            breed_top3=int(top3) / max(n_breed, 1),
+            breed_confusion=breeds,
+            n_breed=n_breed,
+            accuracy_with_breed=with_breed.trace().item() / max(int(with_breed.sum()), 1),
+            accuracy_without_breed=without.trace().item() / max(int(without.sum()), 1),
+            n_without_breed=int(without.sum()),
+        )
+    return result
 
 
 @torch.inference_mode()
@@ -200,8 +246,8 @@ def extract_features(
 
 
 def set_trainable(model: nn.Module, unfreeze: str) -> list[nn.Module]:
-    """Freeze the backbone except its late blocks (``late``) or nothing (``all``); the head
-    always trains. Returns the trunk modules that train (for :func:`train_mode`).
+    """Freeze the backbone except its late blocks (``late``) or nothing (``all``); the heads
+    always train. Returns the trunk modules that train (for :func:`train_mode`).
 
     ``late`` = every trunk block after the ``middle`` stage (mobilenet_v2: blocks 10-18,
     resnets: layer4): the generic, low-level early features transfer as they are, and
@@ -223,15 +269,29 @@ def set_trainable(model: nn.Module, unfreeze: str) -> list[nn.Module]:
     for b in trainable:
         for p in b.parameters():
             p.requires_grad_(True)
-    for p in model.head.parameters():
-        p.requires_grad_(True)
+    for head in heads(model):
+        for p in head.parameters():
+            p.requires_grad_(True)
     return trainable
 
 
-def train_mode(model: nn.Module, trainable: list[nn.Module]) -> None:
-    """Train mode for the head and trainable blocks only: frozen blocks keep their
-    ImageNet BatchNorm statistics (eval mode), which small datasets cannot re-estimate."""
+def heads(model: nn.Module) -> list[nn.Module]:
+    """The model's head and, when it has one, its breed head."""
+    return [model.head] + ([model.breed_head] if model.breed_head is not None else [])
+
+
+def train_mode(model: nn.Module, trainable: list[nn.Module], *, freeze_bn: bool = False) -> None:
+    """Train mode for the heads and trainable blocks only: frozen blocks keep their
+    ImageNet BatchNorm statistics (eval mode), which small datasets cannot re-estimate.
+    ``freeze_bn``: the trainable blocks' BatchNorm stays in eval mode too (its scale and
+    shift still train), for weights whose BatchNorm was folded away
+    (:func:`training.model.has_folded_batchnorm`)."""
     model.eval()
-    model.head.train()
+    for head in heads(model):
+        head.train()
     for b in trainable:
         b.train()
+        if freeze_bn:
+            for m in b.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()

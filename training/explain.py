@@ -47,6 +47,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .cli import add_device, add_json, add_model, make_parser, out_folder, resolve_device, run
 from .images import load_image
+from .model import input_size
 from .presets import CROP_SIZE, RESIZE_SIZE, crop_box, preprocess, resize_size_for
 
 STAGES = ("early", "middle", "late")
@@ -227,7 +228,7 @@ def explain(model: nn.Module, labels: Sequence[str], image: Image.Image, *, labe
         raise ValueError(f"unknown layer {bad[0]!r}; choose from: {', '.join(STAGES)}")
     if image.mode != "RGB":
         image = load_image(image)
-    size = getattr(model, "image_size", CROP_SIZE)
+    size = input_size(model)
     resize = resize_size_for(size)
     device = next(model.parameters()).device
     x = torch.from_numpy(preprocess(image, resize, size))[None].to(device)

@@ -1,7 +1,10 @@
 """The two training recipes: ``head`` (linear probe on cached features) and ``finetune``.
 
-Both return the per-epoch history and the best epoch's weights (highest val accuracy,
-ties to the lower val loss); the caller writes the checkpoint and plots on rank 0.
+Both return the per-epoch history and the kept epoch's weights (``keep="best"``: highest val
+accuracy, the breed head's for a model with breeds, ties to the lower val loss;
+``keep="last"``: the last epoch, so val photos select nothing); the caller writes the
+checkpoint and plots on rank 0. A model with a breed head trains both heads at once
+(:mod:`training.heads`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .data import ImageDataset, Sample
 from .distributed import DistInfo, ShardSampler
-from .engine import Precision, evaluate, extract_features, set_trainable, train_mode, train_one_epoch
-from .presets import EvalPreset, TrainPreset
+from .engine import Precision, evaluate, extract_features, heads, set_trainable, train_mode, train_one_epoch
+from .heads import BothHeads, HeadsLoss
+from .presets import CROP_RATIO, EvalPreset, TrainPreset
 
 DEFAULTS = {  # per mode: (epochs, lr); the backbone trains at BACKBONE_LR_SCALE * lr
     "head": (20, 1e-3),
@@ -29,6 +33,7 @@ DEFAULTS = {  # per mode: (epochs, lr); the backbone trains at BACKBONE_LR_SCALE
 BACKBONE_LR_SCALE = 0.1
 HEAD_WARM_START_EPOCHS = 10  # finetune: linear-probe epochs on cached features first
 WEIGHT_DECAY = 1e-4
+KEEP = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,17 @@ class TrainConfig:
     workers: int = 0  # image-decoding processes per training process
     seed: int = 0
     compile: bool = False  # torch.compile the network
+    keep: str = "best"  # which epoch's weights: "best" on val, or "last"
+    freeze_bn: bool = False  # finetune: trained blocks' BatchNorm stays in eval mode (folded weights)
+    crop_ratio: tuple[float, float] = CROP_RATIO  # finetune: RandomResizedCrop's aspect-ratio range
 
     def __post_init__(self) -> None:
         if self.mode not in DEFAULTS:
             raise ValueError(f"unknown mode {self.mode!r}; choose {' or '.join(DEFAULTS)}")
+        if self.keep not in KEEP:
+            raise ValueError(f"unknown keep {self.keep!r}; choose {' or '.join(KEEP)}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must be (low, high) with 0 < low <= high, got {self.crop_ratio}")
         if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError(f"epochs, lr and batch_size must be positive, got {self.epochs}, {self.lr}, {self.batch_size}")
 
@@ -66,11 +78,17 @@ class FitResult:
     best_val: dict = field(default_factory=dict)
     best_state: dict = field(default_factory=dict)
 
+    keep: str = "best"
+
     def observe(self, epoch: int, row: dict, val: dict, model: nn.Module) -> bool:
-        """Record an epoch; keep the weights if it is the best so far."""
+        """Record an epoch; keep its weights if it is the best so far (``keep="best"``; the breed
+        head's accuracy decides for a model with breeds) or always (``keep="last"``)."""
         self.history.append(row)
-        key = (val["accuracy"], -val["loss"])
-        if not self.best_val or key > (self.best_val["accuracy"], -self.best_val["loss"]):
+
+        def key(v: dict) -> tuple[float, float]:
+            return (v.get("breed_accuracy", v["accuracy"]), -v["loss"])
+
+        if not self.best_val or self.keep == "last" or key(val) > key(self.best_val):
             self.best_epoch, self.best_val = epoch, val
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             return True
@@ -117,7 +135,7 @@ def _cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
 
 
 def _row(epoch: int, train, val: dict, lr: float) -> dict:
-    return {
+    row = {
         "epoch": epoch,
         "train_loss": round(train.loss, 5),
         "train_accuracy": round(train.accuracy, 5),
@@ -128,16 +146,40 @@ def _row(epoch: int, train, val: dict, lr: float) -> dict:
         "images_per_second": round(train.images_per_second, 1),
         "train_images": train.images,  # summed over all ranks
     }
+    for key in ("breed_accuracy", "breed_top3", "accuracy_with_breed", "accuracy_without_breed"):
+        if key in val:
+            row[f"val_{key}"] = round(val[key], 5)
+    return row
 
 
 def _log(info: DistInfo, row: dict, best: bool) -> None:
     if info.is_main:
+        breeds = ""
+        if "val_breed_accuracy" in row:
+            breeds = f" breed {row['val_breed_accuracy']:.2%} (top-3 {row['val_breed_top3']:.2%})"
         print(
             f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}{breeds}  "
             f"{row['seconds']:.1f}s {row['images_per_second']:.0f} img/s{'  *' if best else ''}",
             flush=True,
         )
+
+
+def _criterion(model, cfg: TrainConfig) -> nn.Module:
+    if model.breed_head is not None:
+        return HeadsLoss(label_smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+class _OnFeatures(nn.Module):
+    """The model's heads alone, on pooled features: ``f -> logits`` or ``(logits, breed logits)``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.head, self.breed_head = model.head, model.breed_head
+
+    def forward(self, f: torch.Tensor):
+        return self.head(f) if self.breed_head is None else (self.head(f), self.breed_head(f))
 
 
 def cache_features(model, samples: Sequence[Sample], cfg: TrainConfig, info: DistInfo, precision: Precision, desc: str):
@@ -173,29 +215,32 @@ def fit_head(model, train: Sequence[Sample], val: Sequence[Sample], cfg: TrainCo
 
 def fit_linear(model, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor] | None,
                cfg: TrainConfig, info: DistInfo, precision: Precision, epochs: int, lr: float | None = None) -> FitResult:
-    """Train ``model.head`` on cached features. With ``val``, track the best epoch (its
-    weights land in ``result.best_state``); without, load the last weights into ``model``.
+    """Train the model's heads (``model.head``, and ``model.breed_head`` when it has one) on
+    cached features. With ``val``, track the kept epoch (its weights land in
+    ``result.best_state``); without, load the last weights into ``model``.
 
-    The head trains on standardized features (like a scaled logistic regression: the
+    The heads train on standardized features (like a scaled logistic regression: the
     same learning rate suits any backbone's feature scale, even a random one) and the
-    scaling is folded into its weights afterwards, so the checkpoint is a plain model.
+    scaling is folded into their weights afterwards, so the checkpoint is a plain model.
     """
-    (xtr, ytr), head = train, model.head
+    xtr, ytr = train
     mu, sd = xtr.mean(0), xtr.std(0)
     # A relative floor: constant features stay harmless, and tiny-but-informative ones
     # (a random trunk's are ~1e-9) are not drowned by an absolute epsilon.
     sd = sd.clamp_min(1e-3 * float(sd.max()) + 1e-30)
     xtr = (xtr - mu) / sd
-    net = DDP(head, device_ids=[info.device] if info.device.type == "cuda" else None) if info.distributed else head
+    on_features = _OnFeatures(model)
+    net = DDP(on_features, device_ids=[info.device] if info.device.type == "cuda" else None) if info.distributed else on_features
     train_loader = make_loader(torch.utils.data.TensorDataset(xtr, ytr), cfg.batch_size, info,
                                train=True, workers=0, seed=cfg.seed)
     if val is not None:
         val_loader = make_loader(torch.utils.data.TensorDataset((val[0] - mu) / sd, val[1]), 4 * cfg.batch_size,
                                  info, train=False, workers=0, seed=cfg.seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr or cfg.lr, weight_decay=WEIGHT_DECAY)
+    params = [p for head in heads(model) for p in head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr or cfg.lr, weight_decay=WEIGHT_DECAY)
     scheduler = _cosine_with_warmup(optimizer, epochs * len(train_loader), warmup_steps=0)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    result = FitResult()
+    criterion = _criterion(model, cfg)
+    result = FitResult(keep=cfg.keep)
     threads = torch.get_num_threads()
     # Batches of a few hundred numbers: on a busy CPU, waking a thread pool for each tiny
     # op costs more than the op itself (one thread ran ~20x faster on 2 shared cores).
@@ -208,17 +253,22 @@ def fit_linear(model, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch
             stats = train_one_epoch(net, criterion, optimizer, train_loader, info.device, epoch,
                                     precision=precision, scheduler=scheduler)
             if val is not None:
-                val_res = evaluate(head, criterion, val_loader, info.device, len(head[-1].bias))
+                val_res = evaluate(on_features, criterion, val_loader, info.device, len(model.head[-1].bias),
+                                   model.num_breeds)
                 row = _row(epoch, stats, val_res, lr_now)
                 _log(info, row, result.observe(epoch, row, val_res, model))
     finally:
         torch.set_num_threads(threads)
-    linear = f"head.{len(head) - 1}"
+    linears = [f"head.{len(model.head) - 1}"]
+    if model.breed_head is not None:
+        linears.append(f"breed_head.{len(model.breed_head) - 1}")
     if val is not None:
-        _fold_standardization(result.best_state, linear, mu, sd)
+        for linear in linears:
+            _fold_standardization(result.best_state, linear, mu, sd)
     else:
         state = model.state_dict()
-        _fold_standardization(state, linear, mu, sd)
+        for linear in linears:
+            _fold_standardization(state, linear, mu, sd)
         model.load_state_dict(state)
         if info.is_main:
             print(f"head warm start: {epochs} epochs on cached features, train accuracy {stats.accuracy:.2%}", flush=True)
@@ -249,10 +299,11 @@ def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], cfg: Tra
         cached = cache_features(model, train, cfg, info, precision, "features (head warm start)")
         fit_linear(model, cached, None, cfg, info, precision, HEAD_WARM_START_EPOCHS, lr=DEFAULTS["head"][1])
     trainable = set_trainable(model, cfg.unfreeze)
-    num_classes = len(model.head[-1].bias)
-    net = model
+    num_classes, num_breeds = len(model.head[-1].bias), model.num_breeds
+    both = (lambda m: BothHeads(m)) if num_breeds else (lambda m: m)
+    net = both(model)
     if info.distributed:
-        net = DDP(model, device_ids=[info.device] if info.device.type == "cuda" else None)
+        net = DDP(net, device_ids=[info.device] if info.device.type == "cuda" else None)
     fwd = torch.compile(net) if cfg.compile else net
     # Validate (and ship) an exponential moving average of the weights: it smooths out the
     # last mini-batches' noise, so the val curve and the best-epoch pick are steadier.
@@ -261,29 +312,29 @@ def fit_finetune(model, train: Sequence[Sample], val: Sequence[Sample], cfg: Tra
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     # It is a bare model (no DDP): ranks hold val shards of unequal length, and DDP's
     # forward is a collective that would wait for the shorter rank.
-    eval_fwd = torch.compile(ema.module) if cfg.compile else ema.module
-    train_loader = make_loader(ImageDataset(train, TrainPreset()), cfg.batch_size, info,
+    eval_fwd = torch.compile(both(ema.module)) if cfg.compile else both(ema.module)
+    train_loader = make_loader(ImageDataset(train, TrainPreset(ratio=cfg.crop_ratio)), cfg.batch_size, info,
                                train=True, workers=cfg.workers, seed=cfg.seed, persistent=True)
     val_loader = make_loader(ImageDataset(val, EvalPreset()), 2 * cfg.batch_size, info,
                              train=False, workers=cfg.workers, seed=cfg.seed, persistent=True)
     backbone = [p for b in trainable for p in b.parameters()]
     optimizer = torch.optim.AdamW(
-        [{"params": list(model.head.parameters()), "lr": cfg.lr},
+        [{"params": [p for head in heads(model) for p in head.parameters()], "lr": cfg.lr},
          {"params": backbone, "lr": cfg.lr * BACKBONE_LR_SCALE}],
         weight_decay=WEIGHT_DECAY,
     )
     steps = cfg.epochs * len(train_loader)
     scheduler = _cosine_with_warmup(optimizer, steps, warmup_steps=len(train_loader))
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    result = FitResult()
+    criterion = _criterion(model, cfg)
+    result = FitResult(keep=cfg.keep)
     for epoch in range(1, cfg.epochs + 1):
         _set_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        train_mode(model, trainable)
+        train_mode(model, trainable, freeze_bn=cfg.freeze_bn)
         stats = train_one_epoch(fwd, criterion, optimizer, train_loader, info.device, epoch,
                                 precision=precision, scheduler=scheduler, ema=ema, progress=info.is_main,
                                 desc=f"epoch {epoch}/{cfg.epochs}")
-        val_res = evaluate(eval_fwd, criterion, val_loader, info.device, num_classes)
+        val_res = evaluate(eval_fwd, criterion, val_loader, info.device, num_classes, num_breeds)
         row = _row(epoch, stats, val_res, lr)
         _log(info, row, result.observe(epoch, row, val_res, ema.module))
     return result

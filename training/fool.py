@@ -88,7 +88,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else (8 / 255 if args.robust else 2 / 255)
     out_dir = out_folder(args.out, contents=f"<photo name>-{args.target}.png")
-    model, labels = load_checkpoint(args.model, device=resolve_device(args.device))
+    loaded = load_checkpoint(args.model, device=resolve_device(args.device))
+    model, labels = loaded
+    scorer = loaded.ood_scorer()  # the whole verdict: the label and "is it a pet?"
     if args.target not in labels:
         raise UsageError(f"unknown --target {args.target!r}; this model knows: {', '.join(labels)}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     for src in args.images:
         try:
             r = fool(model, labels, load_image(src), args.target, eps=eps, steps=args.steps, robust=args.robust,
-                     max_side=args.max_side)
+                     max_side=args.max_side, ood=scorer)
         except (ValueError, OSError) as exc:  # ImageError is a ValueError; unreadable paths are OSErrors
             failures += 1
             report_error(_naming(src, describe_error(exc)), json_record={"image": src} if args.json else None)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from .checkpoint import load_checkpoint
 from .cli import UsageError, add_device, add_json, add_model, make_parser, out_file, positive, resolve_device, run
+from .model import input_size
 from .optvis import (
     DEFAULT_STEPS,
     Objective,
@@ -36,7 +37,7 @@ from .optvis import (
     to_pil,
     total_variation,
 )
-from .presets import CROP_SIZE, preprocess, resize_size_for
+from .presets import preprocess, resize_size_for
 
 DEFAULT_TV_WEIGHT = 40.0
 
@@ -79,7 +80,7 @@ def ideal_image(
     """
     if label not in labels:
         raise ValueError(f"unknown label {label!r}; this model knows: {', '.join(labels)}")
-    size = int(size or getattr(model, "image_size", CROP_SIZE))
+    size = int(size or input_size(model))
     steps = DEFAULT_STEPS if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -183,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
 def label_probability(model: torch.nn.Module, labels: list[str], image: Image.Image, label: str) -> float:
     """The model's probability for ``label`` on an 8-bit image, through the real preprocessing."""
     device = next(model.parameters()).device
-    size = getattr(model, "image_size", CROP_SIZE)
+    size = input_size(model)
     x = torch.from_numpy(preprocess(image, resize_size_for(size), size))[None].to(device)
     return float(model(x).softmax(-1)[0, labels.index(label)])
 

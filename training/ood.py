@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError
+from .model import input_size
 
 FORMAT = "petlens-ood/2"  # /2 added the optional reference blocks
 READABLE_FORMATS = ("petlens-ood/1", FORMAT)
@@ -105,7 +106,7 @@ def conformal_threshold(scores: torch.Tensor, target_tpr: float) -> float:
     return float(s[rank - 1])
 
 
-def _balanced_subset(labels: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+def balanced_subset(labels: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     """Indices of at most ``limit`` rows, classes as even as the data allow (seeded)."""
     if len(labels) <= limit:
         return torch.arange(len(labels))
@@ -170,7 +171,7 @@ def fit_ood(
         raise ValueError(f"{len(train)} training features but {len(labels)} labels")
     state: dict[str, Any] = {"format": FORMAT, "method": method, "feature_dim": int(train.shape[1])}
     if method == "knn":
-        bank = F.normalize(train[_balanced_subset(labels, max_bank, seed)], dim=1)
+        bank = F.normalize(train[balanced_subset(labels, max_bank, seed)], dim=1)
         state.update(k=int(min(k, len(bank))), bank=bank.float())
     elif method == "mahalanobis":
         z = F.normalize(train, dim=1)
@@ -360,7 +361,7 @@ def score_images(model: nn.Module, scorer: OODScorer, images: Sequence | torch.T
     if not isinstance(images, torch.Tensor):
         from .presets import preprocess_batch
 
-        images = torch.from_numpy(preprocess_batch(images, getattr(model, "image_size", 224)))
+        images = torch.from_numpy(preprocess_batch(images, input_size(model)))
     device = next(model.parameters()).device
     logits, scores = ClassifierWithOOD(model, scorer).eval()(images.to(device))
     return logits.float().cpu(), scores.float().cpu()

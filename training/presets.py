@@ -20,6 +20,7 @@ RESIZE_SIZE = 256
 CROP_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range (width / height)
 
 
 def resize_size_for(crop_size: int) -> int:
@@ -84,15 +85,21 @@ class EvalPreset:
 
 
 class TrainPreset:
-    """Train-time augmentation for fine-tuning: random resized crop, flip, mild colour jitter."""
+    """Train-time augmentation for fine-tuning: random resized crop, flip, mild colour jitter.
 
-    def __init__(self, crop_size: int = CROP_SIZE, hflip_prob: float = 0.5):
+    ``ratio``: the crop's aspect-ratio range (width / height), drawn log-uniformly; the crop is
+    then resized to a square, so a ratio away from 1 stretches the photo. A wide range, e.g.
+    ``(0.6, 1.67)``, teaches a model trained on photos squashed to squares (as the Oxford-IIIT
+    Pet copies at hand are) the shapes of real photos: a 4:3 photo squashed to a square is
+    unsquashed by a crop of ratio 0.75."""
+
+    def __init__(self, crop_size: int = CROP_SIZE, hflip_prob: float = 0.5, ratio: tuple[float, float] = CROP_RATIO):
         import torch
         from torchvision.transforms import v2 as T
 
         self.transforms = T.Compose(
             [
-                T.RandomResizedCrop(crop_size, scale=(0.35, 1.0), antialias=True),
+                T.RandomResizedCrop(crop_size, scale=(0.35, 1.0), ratio=tuple(ratio), antialias=True),
                 T.RandomHorizontalFlip(hflip_prob),
                 T.ColorJitter(0.2, 0.2, 0.2, 0.02),
                 T.PILToTensor(),
